@@ -1,0 +1,334 @@
+//! The command line: subcommands, flags and their `ZHIVA_*` environment twins.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the process was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the server.
+    Serve,
+    /// Validate the config files and exit.
+    CheckConfig,
+    /// Probe a URL and exit 0 iff it answers 200.
+    Healthcheck,
+    /// Print the help.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Every setting, after flags, environment and defaults are merged (flags win).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory with servers.json and models.json.
+    pub config_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: String,
+    /// Inference worker threads.
+    pub workers: usize,
+    /// Inference requests that may wait for a worker before 503.
+    pub queue: usize,
+    #[allow(dead_code)] // the token store lives here
+    /// Directory for persistent state (PACS tokens).
+    pub state_dir: PathBuf,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// TLS private key (PEM).
+    pub tls_key: PathBuf,
+    /// Serve plain HTTP.
+    pub no_tls: bool,
+    /// Serve GET /status.
+    pub status_page: bool,
+    /// Origins allowed by CORS (`*` wildcards).
+    pub allowed_origins: Vec<String>,
+    /// Pause between health polls.
+    pub health_interval: Duration,
+    /// TCP/TLS connect timeout for every upstream.
+    pub connect_timeout: Duration,
+    /// Longest silence from a PACS (waiting for headers or between reads).
+    pub pacs_timeout: Duration,
+    /// Longest silence from a model (it may think this long before answering).
+    pub model_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for upstream HTTPS, e.g. the local PACS's trusted.crt.
+    pub ca_file: Option<PathBuf>,
+    /// URL probed by `healthcheck`.
+    pub url: String,
+}
+
+struct Flag {
+    name: &'static str,
+    env: &'static str,
+    value: &'static str,
+    help: &'static str,
+}
+
+const FLAGS: &[Flag] = &[
+    Flag {
+        name: "config",
+        env: "ZHIVA_CONFIG_DIR",
+        value: "DIR",
+        help: "directory holding servers.json and models.json [./config]",
+    },
+    Flag {
+        name: "listen",
+        env: "ZHIVA_LISTEN",
+        value: "ADDR",
+        help: "address to listen on [0.0.0.0:8002]",
+    },
+    Flag {
+        name: "workers",
+        env: "ZHIVA_WORKERS",
+        value: "N",
+        help: "inference worker threads [16]",
+    },
+    Flag {
+        name: "queue",
+        env: "ZHIVA_QUEUE",
+        value: "N",
+        help: "inference requests waiting for a worker before 503 [64]",
+    },
+    Flag {
+        name: "state-dir",
+        env: "ZHIVA_STATE_DIR",
+        value: "DIR",
+        help: "persistent state (PACS tokens) [./state]",
+    },
+    Flag {
+        name: "tls-cert",
+        env: "ZHIVA_TLS_CERT",
+        value: "FILE",
+        help: "TLS certificate chain, PEM [certs/zhiva.crt]",
+    },
+    Flag {
+        name: "tls-key",
+        env: "ZHIVA_TLS_KEY",
+        value: "FILE",
+        help: "TLS private key, PEM [certs/zhiva.key]",
+    },
+    Flag {
+        name: "no-tls",
+        env: "ZHIVA_NO_TLS",
+        value: "",
+        help: "serve plain HTTP",
+    },
+    Flag {
+        name: "status-page",
+        env: "ZHIVA_SHOW_STATUS_PAGE",
+        value: "",
+        help: "serve GET /status",
+    },
+    Flag {
+        name: "allowed-origins",
+        env: "ZHIVA_ALLOWED_ORIGINS",
+        value: "LIST",
+        help: "CORS origins, comma-separated, * wildcards [https://*.zhiva.ai]",
+    },
+    Flag {
+        name: "health-interval",
+        env: "ZHIVA_HEALTH_INTERVAL",
+        value: "SECS",
+        help: "seconds between health polls [30]",
+    },
+    Flag {
+        name: "connect-timeout",
+        env: "ZHIVA_CONNECT_TIMEOUT",
+        value: "SECS",
+        help: "upstream connect timeout [10]",
+    },
+    Flag {
+        name: "pacs-timeout",
+        env: "ZHIVA_PACS_TIMEOUT",
+        value: "SECS",
+        help: "longest PACS silence [60]",
+    },
+    Flag {
+        name: "model-timeout",
+        env: "ZHIVA_MODEL_TIMEOUT",
+        value: "SECS",
+        help: "longest model silence, thinking included [600]",
+    },
+    Flag {
+        name: "ca-file",
+        env: "ZHIVA_CA_FILE",
+        value: "FILE",
+        help: "extra CA certificates (PEM) for upstream HTTPS",
+    },
+    Flag {
+        name: "url",
+        env: "ZHIVA_HEALTHCHECK_URL",
+        value: "URL",
+        help: "healthcheck: URL to probe [http://127.0.0.1:8002/healthz]",
+    },
+];
+
+/// The `--help` text.
+pub fn help() -> String {
+    let mut s = String::from(
+        "model-proxy: between a DICOM viewer, DICOMweb PACS servers and AI model APIs\n\n\
+         Usage:\n  model-proxy [serve] [OPTIONS]\n  model-proxy check-config [--config DIR]\n  \
+         model-proxy healthcheck [--url URL] [--ca-file FILE]\n  model-proxy --help | --version\n\nOptions (environment twin in brackets):\n",
+    );
+    for f in FLAGS {
+        let left = format!("--{} {}", f.name, f.value);
+        s.push_str(&format!("  {left:<26} {} (${})\n", f.help, f.env));
+    }
+    s
+}
+
+/// Parses arguments (without the program name) against an environment lookup.
+pub fn parse(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Command, Settings), String> {
+    let mut command = None;
+    let mut given: Vec<(&'static str, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        match a.as_str() {
+            "-h" | "--help" | "help" => return Ok((Command::Help, settings(&[], &env)?)),
+            "-V" | "--version" => return Ok((Command::Version, settings(&[], &env)?)),
+            "serve" | "check-config" | "healthcheck" if command.is_none() => {
+                command = Some(match a.as_str() {
+                    "serve" => Command::Serve,
+                    "check-config" => Command::CheckConfig,
+                    _ => Command::Healthcheck,
+                });
+                continue;
+            }
+            _ => {}
+        }
+        let Some(body) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a:?} (see --help)"));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (body, None),
+        };
+        let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
+            return Err(format!("unknown option --{name} (see --help)"));
+        };
+        let value = if flag.value.is_empty() {
+            inline.unwrap_or_else(|| "true".into())
+        } else if let Some(v) = inline {
+            v
+        } else if i < args.len() {
+            i += 1;
+            args[i - 1].clone()
+        } else {
+            return Err(format!("--{name} needs a value ({})", flag.value));
+        };
+        given.push((flag.name, value));
+    }
+    Ok((command.unwrap_or(Command::Serve), settings(&given, &env)?))
+}
+
+fn settings(
+    given: &[(&'static str, String)],
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Settings, String> {
+    let get = |name: &str| -> Option<(String, String)> {
+        if let Some((_, v)) = given.iter().rev().find(|(n, _)| *n == name) {
+            return Some((format!("--{name}"), v.clone()));
+        }
+        let flag = FLAGS.iter().find(|f| f.name == name)?;
+        env(flag.env)
+            .filter(|v| !v.is_empty())
+            .map(|v| (flag.env.to_string(), v))
+    };
+    let string =
+        |name: &str, default: &str| get(name).map(|(_, v)| v).unwrap_or_else(|| default.into());
+    let number = |name: &str, default: u64, min: u64| -> Result<u64, String> {
+        match get(name) {
+            None => Ok(default),
+            Some((from, v)) => match v.trim().parse::<u64>() {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(format!(
+                    "{from} must be a whole number of at least {min}, not {v:?}"
+                )),
+            },
+        }
+    };
+    let boolean = |name: &str| -> Result<bool, String> {
+        match get(name) {
+            None => Ok(false),
+            Some((from, v)) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(format!("{from} must be true or false, not {v:?}")),
+            },
+        }
+    };
+    let secs = |name: &str, default: u64| number(name, default, 1).map(Duration::from_secs);
+    Ok(Settings {
+        config_dir: string("config", "./config").into(),
+        listen: string("listen", "0.0.0.0:8002"),
+        workers: number("workers", 16, 1)? as usize,
+        queue: number("queue", 64, 1)? as usize,
+        state_dir: string("state-dir", "./state").into(),
+        tls_cert: string("tls-cert", "certs/zhiva.crt").into(),
+        tls_key: string("tls-key", "certs/zhiva.key").into(),
+        no_tls: boolean("no-tls")?,
+        status_page: boolean("status-page")?,
+        allowed_origins: string("allowed-origins", "https://*.zhiva.ai")
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        health_interval: secs("health-interval", 30)?,
+        connect_timeout: secs("connect-timeout", 10)?,
+        pacs_timeout: secs("pacs-timeout", 60)?,
+        model_timeout: secs("model-timeout", 600)?,
+        ca_file: get("ca-file").map(|(_, v)| v.into()),
+        url: string("url", "http://127.0.0.1:8002/healthz"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_defaults() {
+        let env = |k: &str| match k {
+            "ZHIVA_LISTEN" => Some("127.0.0.1:9".to_string()),
+            "ZHIVA_WORKERS" => Some("3".to_string()),
+            "ZHIVA_SHOW_STATUS_PAGE" => Some("true".to_string()),
+            _ => None,
+        };
+        let (c, s) = parse(&args("serve --workers=5 --no-tls --config /etc/mp"), env).unwrap();
+        assert_eq!(c, Command::Serve);
+        assert_eq!((s.listen.as_str(), s.workers), ("127.0.0.1:9", 5));
+        assert!(s.no_tls && s.status_page);
+        assert_eq!(s.config_dir, PathBuf::from("/etc/mp"));
+        assert_eq!(s.allowed_origins, vec!["https://*.zhiva.ai"]);
+    }
+
+    #[test]
+    fn subcommands_and_errors() {
+        let none = |_: &str| None;
+        assert_eq!(
+            parse(&args("check-config --config x"), none).unwrap().0,
+            Command::CheckConfig
+        );
+        assert_eq!(
+            parse(&args("healthcheck --url http://a"), none)
+                .unwrap()
+                .1
+                .url,
+            "http://a"
+        );
+        assert_eq!(parse(&args("--version"), none).unwrap().0, Command::Version);
+        assert!(parse(&args("--bogus"), none).is_err());
+        assert!(parse(&args("--workers 0"), none).is_err());
+        assert!(parse(&args("--workers"), none).is_err());
+        let bad = |k: &str| (k == "ZHIVA_NO_TLS").then(|| "maybe".to_string());
+        assert!(parse(&[], bad).unwrap_err().contains("ZHIVA_NO_TLS"));
+    }
+}

@@ -1,0 +1,147 @@
+//! Health: a background poller that checks every server's and model's `statusUri`
+//! into shared state, so the status page never fans out per page view.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ureq::Agent;
+
+use crate::auth;
+use crate::config::Config;
+
+/// The outcome of the last probe of one status URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Answered 200.
+    pub up: bool,
+    /// The HTTP status, when it answered at all.
+    pub http_status: Option<u16>,
+    /// Why it is down, when it did not answer.
+    pub error: Option<String>,
+    /// How long the probe took.
+    pub latency_ms: u64,
+    /// When the probe finished.
+    pub checked_at: SystemTime,
+}
+
+/// Probe results by server or model UUID.
+#[derive(Debug, Default)]
+pub struct Health {
+    checks: Mutex<HashMap<String, Check>>,
+}
+
+impl Health {
+    /// The last check of `id`, if there was one.
+    pub fn get(&self, id: &str) -> Option<Check> {
+        self.checks.lock().ok()?.get(id).cloned()
+    }
+
+    fn set(&self, id: &str, check: Check) {
+        if let Ok(mut m) = self.checks.lock() {
+            m.insert(id.to_string(), check);
+        }
+    }
+}
+
+/// Probes one URL with an optional Authorization header.
+pub fn probe(agent: &Agent, url: &str, authorization: Option<&str>) -> Check {
+    let started = Instant::now();
+    let mut req = agent.get(url);
+    if let Some(h) = authorization {
+        req = req.header("Authorization", h);
+    }
+    let (http_status, error) = match req.call() {
+        Ok(resp) => (Some(resp.status().as_u16()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Check {
+        up: http_status == Some(200),
+        http_status,
+        error,
+        latency_ms: started.elapsed().as_millis() as u64,
+        checked_at: SystemTime::now(),
+    }
+}
+
+/// Probes everything once.
+pub fn poll_once(agent: &Agent, config: &Config, health: &Health) {
+    for s in config.servers.values() {
+        if let Some(uri) = &s.status_uri {
+            let check = match auth::header(s) {
+                Ok(h) => probe(agent, uri, h.as_deref()),
+                Err(e) => Check {
+                    up: false,
+                    http_status: None,
+                    error: Some(e.message),
+                    latency_ms: 0,
+                    checked_at: SystemTime::now(),
+                },
+            };
+            health.set(&s.id, check);
+        }
+    }
+    for m in config.models.values() {
+        if let Some(uri) = &m.status_uri {
+            health.set(&m.id, probe(agent, uri, None));
+        }
+    }
+}
+
+/// Starts the poller thread; `config` is read afresh each round so reloads take effect.
+pub fn spawn(
+    agent: Agent,
+    config: impl Fn() -> Arc<Config> + Send + 'static,
+    health: Arc<Health>,
+    interval: Duration,
+) {
+    let spawned = thread::Builder::new()
+        .name("health".into())
+        .spawn(move || loop {
+            poll_once(&agent, &config(), &health);
+            thread::sleep(interval);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the health poller: {e}");
+    }
+}
+
+/// RFC 3339 UTC, second precision, without a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_392_000 + 3_723);
+        assert_eq!(rfc3339(t), "2026-11-23T01:02:03Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+}

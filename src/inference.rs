@@ -1,0 +1,82 @@
+//! One inference, end to end: plan -> fetch -> encode -> post -> relay.
+
+use std::time::Instant;
+
+use ureq::BodyReader;
+
+use crate::error::ProxyError;
+use crate::model;
+use crate::pacs::PacsSource;
+use crate::payload::PayloadReader;
+use crate::plan;
+use crate::routing::InferenceRequest;
+use crate::state::App;
+
+/// The model's answer, ready to stream back to the viewer.
+pub struct Relay {
+    /// The model's HTTP status.
+    pub status: u16,
+    /// The model's content type.
+    pub content_type: Option<String>,
+    /// The model's content length, if it gave one.
+    pub length: Option<usize>,
+    /// The model's body, still on the wire.
+    pub body: BodyReader<'static>,
+    /// What went through, for the access log.
+    pub stats: Stats,
+}
+
+/// Numbers for the access log.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// DICOM instances sent to the model.
+    pub instances: u64,
+    /// DICOM bytes sent to the model.
+    pub dicom_bytes: u64,
+    /// Time until the PACS answered the first retrieval.
+    pub pacs_ms: u64,
+    /// Time from the first PACS answer to the model's response headers.
+    pub model_ms: u64,
+}
+
+/// Runs the inference a validated request asks for.
+pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Relay, ProxyError> {
+    let config = app.config();
+    let plan = plan::make(&config, req, body)?;
+    let started = Instant::now();
+    let source = PacsSource {
+        agent: &app.agents.pacs,
+        server: &plan.server,
+    };
+    let mut payload = PayloadReader::new(source, plan.groups.clone(), plan.keyed);
+    payload.prime()?;
+    let pacs_ms = started.elapsed().as_millis() as u64;
+    let posted = model::post(&app.agents.model, &plan.model, &mut payload);
+    // A PACS failure mid-stream surfaces at the model as a broken body: report the cause.
+    if let Some(failure) = payload.failure.take() {
+        return Err(failure);
+    }
+    let resp = posted?;
+    let stats = Stats {
+        instances: payload.instances,
+        dicom_bytes: payload.dicom_bytes,
+        pacs_ms,
+        model_ms: started.elapsed().as_millis() as u64 - pacs_ms,
+    };
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let content_type = header("content-type");
+    let length = header("content-length").and_then(|v| v.parse().ok());
+    let status = resp.status().as_u16();
+    Ok(Relay {
+        status,
+        content_type,
+        length,
+        body: resp.into_body().into_reader(),
+        stats,
+    })
+}

@@ -1,0 +1,94 @@
+//! The PACS client: WADO-RS retrievals, checked and handed out as multipart streams.
+
+use ureq::{Agent, BodyReader};
+
+use crate::auth;
+use crate::config::Server;
+use crate::error::{self, ProxyError, Upstream};
+use crate::multipart::{self, Multipart};
+use crate::payload::Source;
+
+/// The Accept header of a WADO-RS retrieve of DICOM files.
+pub const ACCEPT_DICOM: &str = "multipart/related; type=\"application/dicom\"";
+
+/// Starts a WADO-RS retrieval of `path` (e.g. `/studies/1.2/series/1.3`) on `server`.
+pub fn retrieve(
+    agent: &Agent,
+    server: &Server,
+    path: &str,
+) -> Result<Multipart<BodyReader<'static>>, ProxyError> {
+    let url = format!("{}{}", server.uri, path);
+    let mut req = agent.get(&url).header("Accept", ACCEPT_DICOM);
+    if let Some(h) = auth::header(server)? {
+        req = req.header("Authorization", h);
+    }
+    let resp = req
+        .call()
+        .map_err(|e| error::from_ureq(Upstream::Pacs, &e))?;
+    let status = resp.status().as_u16();
+    match status {
+        200 => {}
+        404 => {
+            return Err(ProxyError::not_found(
+                "pacs_not_found",
+                format!("{} not found on server {}", describe(path), server.id),
+            ))
+        }
+        401 | 403 => {
+            let mut e = ProxyError::new(
+                502,
+                "pacs_auth_failed",
+                format!(
+                    "server {} refused the proxy's credentials (HTTP {status}); check its login settings in servers.json",
+                    server.id
+                ),
+            );
+            e.upstream_status = Some(status);
+            return Err(e);
+        }
+        _ => return Err(ProxyError::upstream_status(Upstream::Pacs, status, "")),
+    }
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let Some(boundary) = multipart::boundary(&content_type) else {
+        return Err(ProxyError::new(
+            502,
+            "pacs_bad_response",
+            format!("the pacs answered {content_type:?} where multipart/related was expected"),
+        ));
+    };
+    Ok(Multipart::new(resp.into_body().into_reader(), &boundary))
+}
+
+/// "study 1.2" / "series 1.3 of study 1.2" / ... for messages.
+fn describe(path: &str) -> String {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["studies", st, "series", se, "instances", i] => {
+            format!("instance {i} of series {se} of study {st}")
+        }
+        ["studies", st, "series", se] => format!("series {se} of study {st}"),
+        ["studies", st] => format!("study {st}"),
+        _ => path.to_string(),
+    }
+}
+
+/// A payload source reading one server.
+pub struct PacsSource<'a> {
+    /// The PACS agent.
+    pub agent: &'a Agent,
+    /// The server to read.
+    pub server: &'a Server,
+}
+
+impl Source for PacsSource<'_> {
+    type Body = BodyReader<'static>;
+
+    fn open(&mut self, path: &str) -> Result<Multipart<Self::Body>, ProxyError> {
+        retrieve(self.agent, self.server, path)
+    }
+}

@@ -1,0 +1,272 @@
+//! The hand-written router: turns a method and a request target into a validated [`Route`].
+//!
+//! Everything a client puts in the URL is checked here, before any upstream is
+//! contacted: only UUIDs and DICOM UIDs that pass these checks ever reach a PACS URL.
+
+use crate::config::{is_uuid, Level, Task};
+use crate::error::ProxyError;
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz`: the process is alive.
+    Healthz,
+    /// `GET /readyz`: config loaded and workers alive.
+    Readyz,
+    /// `GET /status`: the status page.
+    Status,
+    /// `OPTIONS *`: a CORS preflight.
+    Preflight,
+    /// An inference request.
+    Inference(InferenceRequest),
+}
+
+/// A validated inference request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InferenceRequest {
+    /// The task named by the path word.
+    pub task: Task,
+    /// Model UUID, lower case.
+    pub model: String,
+    /// StudyInstanceUID.
+    pub study: String,
+    /// SeriesInstanceUID, for series and instance requests.
+    pub series: Option<String>,
+    /// SOPInstanceUID, for instance requests.
+    pub instance: Option<String>,
+    /// `?server=` UUID, lower case.
+    pub server: Option<String>,
+    /// POST carries a dataFilter body.
+    pub has_body: bool,
+}
+
+impl InferenceRequest {
+    /// The DICOM level the path addresses.
+    pub fn level(&self) -> Level {
+        match (&self.series, &self.instance) {
+            (_, Some(_)) => Level::Instance,
+            (Some(_), None) => Level::Series,
+            _ => Level::Study,
+        }
+    }
+}
+
+/// Routes a request; unknown paths are 404, wrong methods 405, malformed ids 400.
+pub fn route(method: &str, target: &str) -> Result<Route, ProxyError> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target, ""),
+    };
+    if method == "OPTIONS" {
+        return Ok(Route::Preflight);
+    }
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let simple = match path {
+        "/healthz" => Some(Route::Healthz),
+        "/readyz" => Some(Route::Readyz),
+        "/status" => Some(Route::Status),
+        _ => None,
+    };
+    if let Some(r) = simple {
+        return match method {
+            "GET" | "HEAD" => Ok(r),
+            _ => Err(method_not_allowed("GET, HEAD, OPTIONS")),
+        };
+    }
+    let segs: Vec<&str> = path.strip_prefix('/').unwrap_or("").split('/').collect();
+    let task = segs.first().and_then(|w| Task::from_path_word(w));
+    let (Some(task), true) = (task, shape_ok(&segs)) else {
+        return Err(unknown_route(path));
+    };
+    let has_body = match method {
+        "GET" => false,
+        "POST" => true,
+        _ => return Err(method_not_allowed("GET, POST, OPTIONS")),
+    };
+    let model = segs[1];
+    if !is_uuid(model) {
+        return Err(ProxyError::bad_request(
+            "invalid_model_id",
+            format!("model id {:?} is not a UUID", truncate(model)),
+        ));
+    }
+    let uid = |i: usize, what: &str| -> Result<Option<String>, ProxyError> {
+        match segs.get(i) {
+            None => Ok(None),
+            Some(s) if is_dicom_uid(s) => Ok(Some(s.to_string())),
+            Some(s) => Err(invalid_uid(what, s)),
+        }
+    };
+    let study = uid(3, "study")?.unwrap_or_default();
+    let series = uid(5, "series")?;
+    let instance = uid(7, "instance")?;
+    Ok(Route::Inference(InferenceRequest {
+        task,
+        model: model.to_ascii_lowercase(),
+        study,
+        series,
+        instance,
+        server: server_param(query)?,
+        has_body,
+    }))
+}
+
+/// `{task}/{model}/studies/{s}[/series/{s}[/instances/{s}]]`, ignoring the values.
+fn shape_ok(segs: &[&str]) -> bool {
+    let n = segs.len();
+    matches!(n, 4 | 6 | 8)
+        && segs[2] == "studies"
+        && (n < 6 || segs[4] == "series")
+        && (n < 8 || segs[6] == "instances")
+        && segs.iter().all(|s| !s.is_empty())
+}
+
+fn server_param(query: &str) -> Result<Option<String>, ProxyError> {
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "server" {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ProxyError::bad_request(
+                "invalid_server_id",
+                "`server` is given more than once",
+            ));
+        }
+        if !is_uuid(v) {
+            return Err(ProxyError::bad_request(
+                "invalid_server_id",
+                format!("server id {:?} is not a UUID", truncate(v)),
+            ));
+        }
+        found = Some(v.to_ascii_lowercase());
+    }
+    Ok(found)
+}
+
+/// A DICOM UID: 1-64 characters, digits and dots, no empty component.
+pub fn is_dicom_uid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The 400 for a malformed DICOM UID.
+pub fn invalid_uid(what: &str, s: &str) -> ProxyError {
+    ProxyError::bad_request(
+        "invalid_uid",
+        format!(
+            "{what} UID {:?} is not a DICOM UID (digits and dots, no empty component, at most 64 characters)",
+            truncate(s)
+        ),
+    )
+}
+
+fn unknown_route(path: &str) -> ProxyError {
+    ProxyError::not_found(
+        "not_found",
+        format!(
+            "no route for {:?}; inference paths look like /segmentations/{{model}}/studies/{{study}}[/series/{{series}}[/instances/{{instance}}]]",
+            truncate(path)
+        ),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> ProxyError {
+    ProxyError::new(
+        405,
+        "method_not_allowed",
+        format!("allowed methods: {allow}"),
+    )
+    .with_header("Allow", allow)
+}
+
+/// Echoed input is cut short so an error body never grows with a hostile URL.
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "1d9508dd-9089-40c3-abdd-15f47120d682";
+
+    fn inf(method: &str, t: &str) -> InferenceRequest {
+        match route(method, t).unwrap() {
+            Route::Inference(i) => i,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn levels_and_server() {
+        let r = inf("GET", &format!("/segmentations/{M}/studies/1.2.3"));
+        assert_eq!((r.level(), r.server.as_deref()), (Level::Study, None));
+        let r = inf(
+            "GET",
+            &format!("/annotations/{M}/studies/1.2/series/1.3?server=B1407F18-575D-487C-BC0C-640C6DA651BC"),
+        );
+        assert_eq!(r.level(), Level::Series);
+        assert_eq!(
+            r.server.as_deref(),
+            Some("b1407f18-575d-487c-bc0c-640c6da651bc")
+        );
+        let r = inf(
+            "POST",
+            &format!("/predictions/{M}/studies/1/series/2/instances/3/"),
+        );
+        assert_eq!((r.level(), r.has_body), (Level::Instance, true));
+    }
+
+    #[test]
+    fn rejects() {
+        let code = |m: &str, t: &str| route(m, t).unwrap_err().code;
+        assert_eq!(code("GET", "/nope"), "not_found");
+        assert_eq!(
+            code("GET", &format!("/segmentations/{M}/studies")),
+            "not_found"
+        );
+        assert_eq!(
+            code("GET", &format!("/segmentations/{M}/series/1")),
+            "not_found"
+        );
+        assert_eq!(
+            code("GET", "/segmentations/xyz/studies/1.2"),
+            "invalid_model_id"
+        );
+        assert_eq!(
+            code("GET", &format!("/segmentations/{M}/studies/1..2")),
+            "invalid_uid"
+        );
+        assert_eq!(
+            code("GET", &format!("/segmentations/{M}/studies/1.2%2F..")),
+            "invalid_uid"
+        );
+        assert_eq!(
+            code("GET", &format!("/segmentations/{M}/studies/1.2?server=x")),
+            "invalid_server_id"
+        );
+        assert_eq!(
+            code("DELETE", &format!("/segmentations/{M}/studies/1.2")),
+            "method_not_allowed"
+        );
+        assert_eq!(code("POST", "/healthz"), "method_not_allowed");
+    }
+
+    #[test]
+    fn uid_rules() {
+        assert!(is_dicom_uid("1.2.840.10008.5.1.4.1.1.2"));
+        assert!(!is_dicom_uid(""));
+        assert!(!is_dicom_uid(".1"));
+        assert!(!is_dicom_uid("1."));
+        assert!(!is_dicom_uid("1.a"));
+        assert!(!is_dicom_uid(&"1".repeat(65)));
+        assert!(is_dicom_uid(&"1".repeat(64)));
+    }
+}

@@ -1,0 +1,328 @@
+//! The server loop: a dispatcher thread that answers cheap routes itself and hands
+//! inferences to a fixed pool of workers through a bounded queue.
+//!
+//! Health, readiness, the status page and CORS preflights never wait for a
+//! worker, so they answer even while every worker is busy with a long inference.
+
+use std::io::{Cursor, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, TrySendError};
+use tiny_http::{Header, Request, Response, Server, StatusCode};
+
+use crate::cli::Settings;
+use crate::config::{self, Config};
+use crate::error::ProxyError;
+use crate::health;
+use crate::inference::{self, Stats};
+use crate::plan::MAX_BODY;
+use crate::routing::{self, InferenceRequest, Route};
+use crate::state::App;
+use crate::status;
+use crate::upstream::Agents;
+
+/// An inference waiting for a worker.
+struct Job {
+    rq: Request,
+    route: InferenceRequest,
+    started: Instant,
+}
+
+/// Loads the config, starts the background thread and the workers, and serves until the listener closes.
+pub fn serve(settings: Settings) -> Result<(), String> {
+    let config = load_config(&settings)?;
+    let agents = Agents::new(&settings)?;
+    if !settings.no_tls {
+        return Err(format!(
+            "HTTPS from {} and {} is not available in this build yet; run with --no-tls (ZHIVA_NO_TLS=true)",
+            settings.tls_cert.display(),
+            settings.tls_key.display()
+        ));
+    }
+    let server = Server::http(&settings.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    log::info!(
+        "listening on http://{} with {} workers; {} servers, {} models from {}",
+        settings.listen,
+        settings.workers,
+        config.servers.len(),
+        config.models.len(),
+        settings.config_dir.display()
+    );
+    let app = Arc::new(App::new(config, settings, agents));
+    let poll_app = app.clone();
+    health::spawn(
+        app.agents.probe.clone(),
+        move || poll_app.config(),
+        app.health.clone(),
+        app.settings.health_interval,
+    );
+    let (tx, rx) = bounded::<Job>(app.settings.queue);
+    for i in 0..app.settings.workers {
+        let app = app.clone();
+        let rx = rx.clone();
+        thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || worker(&app, &rx))
+            .map_err(|e| format!("cannot start worker threads: {e}"))?;
+    }
+    for rq in server.incoming_requests() {
+        let started = Instant::now();
+        match routing::route(rq.method().as_str(), rq.url()) {
+            Ok(Route::Inference(route)) => match tx.try_send(Job { rq, route, started }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    let e = ProxyError::new(
+                        503,
+                        "overloaded",
+                        "every worker is busy and the queue is full; retry shortly",
+                    )
+                    .with_header("Retry-After", "5");
+                    reply_error(&app, job.rq, &e, started);
+                }
+            },
+            Ok(route) => answer_inline(&app, rq, &route, started),
+            Err(e) => reply_error(&app, rq, &e, started),
+        }
+    }
+    Ok(())
+}
+
+/// Loads and validates the config, logging every problem.
+pub fn load_config(settings: &Settings) -> Result<Config, String> {
+    config::load(&settings.config_dir).map_err(|problems| {
+        for p in &problems {
+            log::error!("{p}");
+        }
+        format!(
+            "{} problem(s) in the config under {}; nothing started (check with `model-proxy check-config`)",
+            problems.len(),
+            settings.config_dir.display()
+        )
+    })
+}
+
+/// Counts a worker as alive for as long as it runs, panics included.
+struct Alive<'a>(&'a App);
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        self.0.workers_alive.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn worker(app: &App, rx: &Receiver<Job>) {
+    app.workers_alive.fetch_add(1, Ordering::SeqCst);
+    let _alive = Alive(app);
+    while let Ok(mut job) = rx.recv() {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let body = if job.route.has_body {
+                Some(read_body(&mut job.rq)?)
+            } else {
+                None
+            };
+            inference::run(app, &job.route, body.as_deref())
+        }));
+        match outcome {
+            Ok(Ok(relay)) => {
+                let mut headers = cors(app, &job.rq);
+                if let Some(ct) = relay.content_type {
+                    headers.push(("Content-Type", ct));
+                }
+                let status = relay.status;
+                let stats = relay.stats;
+                let length = relay.length;
+                let sent = job.rq.url().to_string();
+                let method = job.rq.method().to_string();
+                let result = respond(job.rq, status, headers, relay.body, length);
+                access_log(&method, &sent, status, job.started, length, Some(&stats));
+                if let Err(e) = result {
+                    log::warn!("relaying the model's answer for {sent} failed: {e}");
+                }
+            }
+            Ok(Err(e)) => reply_error(app, job.rq, &e, job.started),
+            Err(_) => {
+                let e = ProxyError::internal("the request hit a bug in model-proxy; see its log");
+                reply_error(app, job.rq, &e, job.started);
+            }
+        }
+    }
+}
+
+fn read_body(rq: &mut Request) -> Result<Vec<u8>, ProxyError> {
+    let too_large = || {
+        ProxyError::new(
+            413,
+            "body_too_large",
+            format!("the request body exceeds {MAX_BODY} bytes"),
+        )
+    };
+    if rq.body_length().is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    rq.as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| {
+            ProxyError::bad_request("invalid_body", format!("cannot read the body: {e}"))
+        })?;
+    if body.len() > MAX_BODY {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
+    let json = |v: serde_json::Value| (200, "application/json".to_string(), v.to_string());
+    let (status, content_type, body) = match route {
+        Route::Healthz => json(serde_json::json!({"status": "ok"})),
+        Route::Readyz => {
+            let alive = app.workers_alive.load(Ordering::SeqCst);
+            let want = app.settings.workers;
+            let body = serde_json::json!({"status": if alive == want { "ready" } else { "degraded" }, "workers": alive, "configured": want});
+            (
+                if alive == want { 200 } else { 503 },
+                "application/json".into(),
+                body.to_string(),
+            )
+        }
+        Route::Status if !app.settings.status_page => {
+            let e = ProxyError::not_found(
+                "not_found",
+                "the status page is off; start with ZHIVA_SHOW_STATUS_PAGE=true to turn it on",
+            );
+            return reply_error(app, rq, &e, started);
+        }
+        Route::Status => {
+            let v = status::json(&app.config(), &app.health);
+            if header(&rq, "Accept").is_some_and(|a| a.contains("application/json")) {
+                json(v)
+            } else {
+                (200, "text/html; charset=utf-8".into(), status::html(&v))
+            }
+        }
+        Route::Preflight => {
+            let headers = app.cors.preflight_headers(
+                header(&rq, "Origin").as_deref(),
+                header(&rq, "Access-Control-Request-Headers").as_deref(),
+            );
+            let (m, u) = (rq.method().to_string(), rq.url().to_string());
+            let _ = respond(rq, 204, headers, std::io::empty(), Some(0));
+            access_log(&m, &u, 204, started, Some(0), None);
+            return;
+        }
+        Route::Inference(_) => unreachable_inference(),
+    };
+    let mut headers = cors(app, &rq);
+    headers.push(("Content-Type", content_type));
+    headers.push(("Cache-Control", "no-store".into()));
+    let (m, u) = (rq.method().to_string(), rq.url().to_string());
+    let len = body.len();
+    let _ = respond(
+        rq,
+        status,
+        headers,
+        Cursor::new(body.into_bytes()),
+        Some(len),
+    );
+    access_log(&m, &u, status, started, Some(len), None);
+}
+
+/// Inferences go to workers; the dispatcher never calls this arm.
+fn unreachable_inference() -> (u16, String, String) {
+    (
+        500,
+        "application/json".into(),
+        ProxyError::internal("misrouted").to_json(),
+    )
+}
+
+fn reply_error(app: &App, rq: Request, e: &ProxyError, started: Instant) {
+    let mut headers = cors(app, &rq);
+    headers.push(("Content-Type", "application/json".into()));
+    headers.extend(e.headers.iter().cloned());
+    let body = e.to_json().into_bytes();
+    let (m, u) = (rq.method().to_string(), rq.url().to_string());
+    let len = body.len();
+    let _ = respond(rq, e.status, headers, Cursor::new(body), Some(len));
+    log::info!(
+        "{m} {} {} {}ms {len}B error={}",
+        log_path(&u),
+        e.status,
+        started.elapsed().as_millis(),
+        e.code
+    );
+    if e.status >= 500 {
+        log::warn!("{} {}: {}", log_path(&u), e.code, e.message);
+    }
+}
+
+fn access_log(
+    method: &str,
+    url: &str,
+    status: u16,
+    started: Instant,
+    bytes: Option<usize>,
+    stats: Option<&Stats>,
+) {
+    let bytes = bytes
+        .map(|b| format!("{b}B"))
+        .unwrap_or_else(|| "streamed".into());
+    let upstream = stats
+        .map(|s| {
+            format!(
+                " instances={} dicom_bytes={} pacs_ms={} model_ms={}",
+                s.instances, s.dicom_bytes, s.pacs_ms, s.model_ms
+            )
+        })
+        .unwrap_or_default();
+    log::info!(
+        "{method} {} {status} {}ms {bytes}{upstream}",
+        log_path(url),
+        started.elapsed().as_millis()
+    );
+}
+
+/// The request target as logged: bounded, and without anything that is not printable.
+fn log_path(url: &str) -> String {
+    url.chars()
+        .take(300)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn header(rq: &Request, name: &'static str) -> Option<String> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str().to_string())
+}
+
+fn cors(app: &App, rq: &Request) -> Vec<(&'static str, String)> {
+    app.cors.headers(header(rq, "Origin").as_deref())
+}
+
+fn respond<R: Read>(
+    rq: Request,
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: R,
+    length: Option<usize>,
+) -> std::io::Result<()> {
+    let headers: Vec<Header> = headers
+        .into_iter()
+        .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
+        .collect();
+    rq.respond(Response::new(
+        StatusCode(status),
+        headers,
+        body,
+        length,
+        None,
+    ))
+}

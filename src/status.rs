@@ -1,0 +1,108 @@
+//! The status page: every server and model with its last health check, as JSON or HTML.
+//! URIs are shown without credentials; secrets never appear.
+
+use serde_json::{json, Value};
+
+use crate::config::{redact_uri, Config};
+use crate::health::{rfc3339, Health};
+
+fn health_json(health: &Health, id: &str, has_status_uri: bool) -> Value {
+    match health.get(id) {
+        Some(c) => json!({
+            "state": if c.up { "up" } else { "down" },
+            "httpStatus": c.http_status,
+            "error": c.error,
+            "latencyMs": c.latency_ms,
+            "checkedAt": rfc3339(c.checked_at),
+        }),
+        None if has_status_uri => json!({"state": "unknown", "error": "not checked yet"}),
+        None => json!({"state": "unknown", "error": "no statusUri configured"}),
+    }
+}
+
+/// The status as JSON.
+pub fn json(config: &Config, health: &Health) -> Value {
+    let servers: Vec<Value> = config
+        .servers
+        .values()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "uri": redact_uri(&s.uri),
+                "statusUri": s.status_uri.as_deref().map(redact_uri),
+                "isDefault": s.id == config.default_server,
+                "authType": s.auth.as_str(),
+                "health": health_json(health, &s.id, s.status_uri.is_some()),
+            })
+        })
+        .collect();
+    let models: Vec<Value> = config
+        .models
+        .values()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "uri": redact_uri(&m.uri),
+                "task": m.task.as_str(),
+                "supports": m.supports.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+                "statusUri": m.status_uri.as_deref().map(redact_uri),
+                "dataKeys": m.data_filter.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+                "health": health_json(health, &m.id, m.status_uri.is_some()),
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "servers": servers,
+        "models": models,
+    })
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn rows(items: &Value, extra: &str) -> String {
+    let mut out = String::new();
+    for item in items.as_array().into_iter().flatten() {
+        let h = &item["health"];
+        let state = h["state"].as_str().unwrap_or("unknown");
+        let text = |v: &Value| match v {
+            Value::Null => String::new(),
+            Value::String(s) => esc(s),
+            other => esc(&other.to_string()),
+        };
+        out.push_str(&format!(
+            "<tr class=\"{state}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td><b>{state}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            text(&item["id"]),
+            text(&item["uri"]),
+            text(&item[extra]),
+            text(&h["httpStatus"]),
+            text(&h["latencyMs"]),
+            text(&h["checkedAt"]),
+            text(&h["error"]),
+        ));
+    }
+    out
+}
+
+/// The status as a small HTML page.
+pub fn html(status: &Value) -> String {
+    let head = |third: &str| {
+        format!("<tr><th>UUID</th><th>URI</th><th>{third}</th><th>state</th><th>HTTP</th><th>latency ms</th><th>checked</th><th>error</th></tr>")
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>model-proxy status</title>\
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
+tr.up b{{color:#080}}tr.down b{{color:#b00}}tr.unknown b{{color:#888}}</style></head><body>\
+<h1>model-proxy {}</h1><h2>PACS servers</h2><table>{}{}</table><h2>Models</h2><table>{}{}</table></body></html>\n",
+        esc(status["version"].as_str().unwrap_or("")),
+        head("auth"),
+        rows(&status["servers"], "authType"),
+        head("task"),
+        rows(&status["models"], "task"),
+    )
+}
