@@ -1,0 +1,490 @@
+//! Shared fixtures for the integration tests: real Orthanc servers with the DICOMweb
+//! plugin loaded with generated CT studies, a real model API that decodes what it
+//! receives with pydicom, and the real `model-proxy` binary.
+//!
+//! Everything is started once per test binary and stops with it (the Python
+//! wrappers watch their parent).
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const SERVER_A: &str = "b1407f18-575d-487c-bc0c-640c6da651bc";
+pub const SERVER_B: &str = "63140137-a63d-4ad1-b489-3479bc43387c";
+pub const SERVER_B_WRONG: &str = "73140137-a63d-4ad1-b489-3479bc43387c";
+pub const SERVER_DOWN: &str = "83140137-a63d-4ad1-b489-3479bc43387c";
+pub const SERVER_STALL: &str = "93140137-a63d-4ad1-b489-3479bc43387c";
+
+pub const SEG: &str = "1d9508dd-9089-40c3-abdd-15f47120d682";
+pub const ANN: &str = "2d9508dd-9089-40c3-abdd-15f47120d682";
+pub const PRED: &str = "3d9508dd-9089-40c3-abdd-15f47120d682";
+pub const FILT: &str = "4d9508dd-9089-40c3-abdd-15f47120d682";
+pub const FAIL: &str = "5d9508dd-9089-40c3-abdd-15f47120d682";
+pub const MODEL_DOWN: &str = "6d9508dd-9089-40c3-abdd-15f47120d682";
+pub const SLOW: &str = "7d9508dd-9089-40c3-abdd-15f47120d682";
+
+pub const B_USER: &str = "proxyuser";
+pub const B_PASSWORD: &str = "s3cr3t-Pa55-w0rd";
+
+/// One generated study: its UID and, per series, the SOP instance UIDs.
+#[derive(Debug, Clone)]
+pub struct Study {
+    pub uid: String,
+    pub series: Vec<(String, Vec<String>)>,
+}
+
+impl Study {
+    pub fn all_instances(&self) -> Vec<String> {
+        self.series.iter().flat_map(|(_, i)| i.clone()).collect()
+    }
+}
+
+/// The running fixtures.
+pub struct Env {
+    pub dir: PathBuf,
+    /// DICOMweb root of the open Orthanc.
+    pub pacs_a: String,
+    /// DICOMweb root of the Orthanc that wants HTTP Basic.
+    pub pacs_b: String,
+    /// Base URL of the model API.
+    pub model: String,
+    /// A port nothing listens on.
+    pub closed: String,
+    /// A port that accepts connections and never answers.
+    pub stall: String,
+    pub study_a: Study,
+    pub study_b: Study,
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The binary under test; MODEL_PROXY_BIN points at another build (e.g. the static one).
+pub fn proxy_bin() -> PathBuf {
+    match std::env::var_os("MODEL_PROXY_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_model-proxy")),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("model-proxy-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn python(args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.args(args);
+    c
+}
+
+fn generate(dir: &Path, series: usize, slices: usize, seed: u32) -> Study {
+    let script = fixtures().join("gen_study.py");
+    let out = python(&[
+        script.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--series",
+        &series.to_string(),
+        "--slices",
+        &slices.to_string(),
+        "--size",
+        "64",
+        "--seed",
+        &seed.to_string(),
+    ])
+    .output()
+    .expect("run gen_study.py (is python3 with pydicom installed? run scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "gen_study.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("manifest");
+    let s = &v["studies"][0];
+    Study {
+        uid: s["study"].as_str().unwrap().to_string(),
+        series: s["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["series"].as_str().unwrap().to_string(),
+                    x["instances"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i.as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let f = std::fs::File::create(log).expect("log file");
+    let f2 = f.try_clone().expect("log file");
+    cmd.stdout(Stdio::from(f)).stderr(Stdio::from(f2));
+    cmd.spawn().expect("spawn fixture")
+}
+
+fn start_orthanc(dir: &Path, port: u16, basic: Option<&str>, data: &Path) -> String {
+    let script = fixtures().join("orthanc.py");
+    let mut args = vec![
+        script.to_str().unwrap().to_string(),
+        "run".into(),
+        "--watch-parent".into(),
+        "--dir".into(),
+        dir.to_str().unwrap().into(),
+        "--http-port".into(),
+        port.to_string(),
+    ];
+    if let Some(b) = basic {
+        args.push("--basic-auth".into());
+        args.push(b.into());
+    }
+    let mut c = Command::new("python3");
+    c.args(&args);
+    // The child is not waited for: it lives as long as this test binary.
+    std::mem::forget(spawn_logged(c, &dir.with_extension("log")));
+    let url = format!("http://127.0.0.1:{port}");
+    let mut up = python(&[script.to_str().unwrap(), "upload", "--url", &url]);
+    if let Some(b) = basic {
+        up.args(["--basic-auth", b]);
+    }
+    up.arg(data);
+    let out = up.output().expect("upload");
+    assert!(
+        out.status.success(),
+        "upload failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{url}/dicom-web")
+}
+
+/// Starts (once) and returns the fixtures.
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dir = tempdir("env");
+        let study_a = generate(&dir.join("data-a"), 2, 4, 11);
+        let study_b = generate(&dir.join("data-b"), 1, 3, 22);
+        let pacs_a = start_orthanc(
+            &dir.join("orthanc-a"),
+            free_port(),
+            None,
+            &dir.join("data-a"),
+        );
+        let basic = format!("{B_USER}:{B_PASSWORD}");
+        let pacs_b = start_orthanc(
+            &dir.join("orthanc-b"),
+            free_port(),
+            Some(&basic),
+            &dir.join("data-b"),
+        );
+        let mport = free_port();
+        let script = fixtures().join("model_api.py");
+        let mut c = Command::new("python3");
+        c.args([
+            script.to_str().unwrap(),
+            "--watch-parent",
+            "--port",
+            &mport.to_string(),
+        ]);
+        std::mem::forget(spawn_logged(c, &dir.join("model.log")));
+        let model = format!("http://127.0.0.1:{mport}");
+        wait_for(&format!("{model}/"), Duration::from_secs(60));
+        // A socket that accepts and then says nothing: a hung PACS.
+        let stall = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stall_url = format!("http://{}", stall.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in stall.incoming().flatten() {
+                held.push(s);
+            }
+        });
+        Env {
+            closed: format!("http://127.0.0.1:{}", free_port()),
+            stall: stall_url,
+            dir,
+            pacs_a,
+            pacs_b,
+            model,
+            study_a,
+            study_b,
+        }
+    })
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .new_agent()
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// The error code of an error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+fn into_resp(r: ureq::http::Response<ureq::Body>) -> Resp {
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let mut body = String::new();
+    r.into_body()
+        .into_reader()
+        .read_to_string(&mut body)
+        .expect("body");
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    let mut b = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let a = agent();
+    let r = match body {
+        Some(body) => a.run(b.body(body.to_string()).unwrap()),
+        None => a.run(b.body(()).unwrap()),
+    };
+    into_resp(r.unwrap_or_else(|e| panic!("{method} {url}: {e}")))
+}
+
+pub fn get(url: &str) -> Resp {
+    request("GET", url, &[], None)
+}
+
+pub fn wait_for(url: &str, limit: Duration) {
+    let start = Instant::now();
+    let a = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .new_agent();
+    while start.elapsed() < limit {
+        if let Ok(r) = a.get(url).call() {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} did not come up within {limit:?}");
+}
+
+/// Serialises the tests that talk to the model API, whose `/last` and `/count` are global.
+pub fn model_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the model API saw last, and how many posts it has had.
+pub fn model_last() -> Value {
+    get(&format!("{}/last", env().model)).json()
+}
+
+pub fn model_count() -> u64 {
+    get(&format!("{}/count", env().model)).json()["count"]
+        .as_u64()
+        .unwrap()
+}
+
+/// servers.json for the fixtures (with a password, to prove it never leaks).
+pub fn servers_json(e: &Env) -> Value {
+    json!({
+        SERVER_A: {"uri": e.pacs_a, "isDefault": true, "statusUri": format!("{}/studies", e.pacs_a), "authType": ""},
+        SERVER_B: {"uri": e.pacs_b, "statusUri": format!("{}/studies", e.pacs_b), "authType": "basicAuth", "login": B_USER, "password": B_PASSWORD},
+        SERVER_B_WRONG: {"uri": e.pacs_b, "authType": "basicAuth", "login": B_USER, "password": "wrong-password"},
+        SERVER_DOWN: {"uri": format!("{}/dicom-web", e.closed), "statusUri": format!("{}/dicom-web/studies", e.closed)},
+        SERVER_STALL: {"uri": format!("{}/dicom-web", e.stall)},
+    })
+}
+
+pub fn models_json(e: &Env) -> Value {
+    let m = &e.model;
+    json!({
+        SEG: {"uri": format!("{m}/segmentation"), "task": "segmentation", "statusUri": format!("{m}/"),
+              "supports": ["/studies", "/studies/series", "/studies/series/instances"]},
+        ANN: {"uri": format!("{m}/annotation"), "task": "annotation", "supports": ["/studies/series"]},
+        PRED: {"uri": format!("{m}/prediction"), "task": "prediction", "supports": ["/studies"]},
+        FILT: {"uri": format!("{m}/segmentation"), "task": "segmentation", "supports": ["/studies"],
+               "dataFilter": [{"dataKey": "series-one", "title": "Series one"}, {"dataKey": "series-two", "title": "Series two"}]},
+        FAIL: {"uri": format!("{m}/fail/500"), "task": "segmentation", "supports": ["/studies/series"]},
+        MODEL_DOWN: {"uri": format!("{}/segmentation", e.closed), "task": "segmentation", "supports": ["/studies/series"],
+                     "statusUri": format!("{}/", e.closed)},
+        SLOW: {"uri": format!("{m}/slow/3"), "task": "segmentation", "supports": ["/studies/series"]},
+    })
+}
+
+/// A running proxy; killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    pub config_dir: PathBuf,
+}
+
+impl Proxy {
+    /// Starts the proxy on the fixtures' config with extra flags and environment.
+    pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
+        let e = env();
+        let dir = tempdir(&format!("proxy-{name}"));
+        write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+        Proxy::start_in(&dir, args, envs)
+    }
+
+    /// Starts the proxy with `dir/config` as its config directory.
+    pub fn start_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
+        let port = free_port();
+        let log = dir.join("proxy.log");
+        let mut cmd = Command::new("python3");
+        cmd.arg(fixtures().join("supervise.py"))
+            .arg(proxy_bin())
+            .args([
+                "serve",
+                "--no-tls",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--config")
+            .arg(dir.join("config"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(args)
+            .env("ZHIVA_LOG", "debug");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = spawn_logged(cmd, &log);
+        let url = format!("http://127.0.0.1:{port}");
+        let mut p = Proxy {
+            child,
+            url,
+            log,
+            config_dir: dir.join("config"),
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("proxy exited with {status}: {}", p.logs());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("proxy did not listen: {}", p.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        get(&format!("{}{path}", self.url))
+    }
+}
+
+impl Proxy {
+    /// Stops the proxy (SIGTERM to the supervisor, which passes it on).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn write_config(dir: &Path, servers: &Value, models: &Value) {
+    std::fs::create_dir_all(dir).expect("config dir");
+    std::fs::write(
+        dir.join("servers.json"),
+        serde_json::to_string_pretty(servers).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models.json"),
+        serde_json::to_string_pretty(models).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The proxy every test can share: status page on, a CORS origin allowed.
+pub fn shared() -> &'static Proxy {
+    static P: OnceLock<Proxy> = OnceLock::new();
+    P.get_or_init(|| {
+        Proxy::start(
+            "shared",
+            &[
+                "--status-page",
+                "--health-interval",
+                "1",
+                "--pacs-timeout",
+                "2",
+            ],
+            &[(
+                "ZHIVA_ALLOWED_ORIGINS",
+                "https://*.zhiva.ai,http://localhost:3000",
+            )],
+        )
+    })
+}
