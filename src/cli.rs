@@ -29,7 +29,6 @@ pub struct Settings {
     pub workers: usize,
     /// Inference requests that may wait for a worker before 503.
     pub queue: usize,
-    #[allow(dead_code)] // the token store lives here
     /// Directory for persistent state (PACS tokens).
     pub state_dir: PathBuf,
     /// TLS certificate chain (PEM).

@@ -50,17 +50,12 @@ pub struct Server {
     pub login: Option<String>,
     /// Password for basicAuth and zhivaAuth.
     pub password: Option<String>,
-    // The token fields are read by the token lifecycle (authType token and zhivaAuth).
-    #[allow(dead_code)]
     /// One-off auth token (`authToken`, or `token` as the docs also call it).
     pub auth_token: Option<String>,
-    #[allow(dead_code)]
     /// zhivaAuth sign-in endpoint.
     pub sign_in_server: Option<String>,
-    #[allow(dead_code)]
     /// Exchanges an auth token for access and refresh tokens.
     pub sign_in_token_server: Option<String>,
-    #[allow(dead_code)]
     /// Exchanges a refresh token for a new access token.
     pub refresh_server: Option<String>,
 }
@@ -265,13 +260,22 @@ impl Source {
         }
     }
 
-    /// Where `"key"` (and then `"field"` after it) first appears: good enough for a pointer.
+    /// Where `"key"` first appears, and `"field"` inside its entry (the entry
+    /// itself when the field is missing): good enough for a pointer.
     fn locate(&self, key: &str, field: Option<&str>) -> Option<(usize, usize)> {
-        let mut pos = self.text.find(&format!("\"{key}\""))?;
-        if let Some(f) = field {
-            pos += self.text[pos..].find(&format!("\"{f}\""))?;
-        }
-        Some(jsonc::line_col(&self.text, pos))
+        let find_key = |k: &str| self.text.find(&format!("\"{k}\""));
+        let start = find_key(key)?;
+        let end = self
+            .root
+            .keys()
+            .filter_map(|k| find_key(k))
+            .filter(|&p| p > start)
+            .min()
+            .unwrap_or(self.text.len());
+        let at = field
+            .and_then(|f| self.text[start..end].find(&format!("\"{f}\"")))
+            .map_or(start, |i| start + i);
+        Some(jsonc::line_col(&self.text, at))
     }
 }
 

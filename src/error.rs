@@ -10,7 +10,6 @@ pub enum Upstream {
     /// The model API.
     Model,
     /// The auth service that issues PACS tokens.
-    #[allow(dead_code)] // raised by the token lifecycle
     Auth,
 }
 

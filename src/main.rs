@@ -1,27 +1,9 @@
 //! model-proxy: between a DICOM viewer, DICOMweb PACS servers and AI model APIs.
 
-mod auth;
-mod cli;
-mod config;
-mod cors;
-mod error;
-mod health;
-mod inference;
-mod jsonc;
-mod model;
-mod multipart;
-mod pacs;
-mod payload;
-mod plan;
-mod routing;
-mod server;
-mod state;
-mod status;
-mod upstream;
-
 use std::process::ExitCode;
 
-use cli::Command;
+use model_proxy::cli::{self, Command};
+use model_proxy::{config, server, upstream};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

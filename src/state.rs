@@ -45,7 +45,6 @@ impl App {
         }
     }
 
-    #[allow(dead_code)] // for reloads on SIGHUP
     /// Replaces the config (after it has been validated).
     pub fn set_config(&self, config: Config) {
         match self.config.write() {

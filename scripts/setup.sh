@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need, if it is missing: Orthanc with its
+# DICOMweb plugin (Debian packages) and the Python packages of the fixtures.
+# Idempotent; safe to run on every test run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "setup: need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+plugin=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+if ! command -v Orthanc >/dev/null || [ ! -e "$plugin" ]; then
+    echo "setup: installing orthanc and orthanc-dicomweb" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null
+fi
+# The package may start a system Orthanc on 8042; the tests and the demo run their own.
+
+if ! python3 -c 'import pydicom, numpy, fastapi, uvicorn' 2>/dev/null; then
+    echo "setup: installing Python packages for the fixtures" >&2
+    python3 -m pip install -q -r tests/fixtures/requirements.txt
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install Rust from https://rustup.rs" >&2
+    exit 1
+fi

@@ -1,0 +1,22 @@
+//! model-proxy as a library: every concern in its own module. The binary
+//! (`main.rs`) only parses the command line and calls into it; the fuzz targets
+//! and benchmarks reach the parsers through here.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod cors;
+pub mod error;
+pub mod health;
+pub mod inference;
+pub mod jsonc;
+pub mod model;
+pub mod multipart;
+pub mod pacs;
+pub mod payload;
+pub mod plan;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod status;
+pub mod upstream;
