@@ -72,12 +72,13 @@ cat > "$work/config/models.json" <<JSON
 }
 JSON
 
-echo "== starting model-proxy on :$PROXY_PORT"
-"$bin" serve --no-tls --listen "127.0.0.1:$PROXY_PORT" --config "$work/config" \
-    --state-dir "$work/state" --status-page > "$work/proxy.log" 2>&1 &
+echo "== making a self-signed TLS pair and starting model-proxy on https://localhost:$PROXY_PORT"
+scripts/make-cert.sh "$work/certs" >/dev/null
+"$bin" serve --listen "127.0.0.1:$PROXY_PORT" --config "$work/config" --state-dir "$work/state" \
+    --tls-cert "$work/certs/zhiva.crt" --tls-key "$work/certs/zhiva.key" --status-page > "$work/proxy.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
-    "$bin" healthcheck --url "http://127.0.0.1:$PROXY_PORT/healthz" 2>/dev/null && break
+    "$bin" healthcheck --url "https://localhost:$PROXY_PORT/healthz" --tls-cert "$work/certs/zhiva.crt" 2>/dev/null && break
     sleep 0.1
 done
 for _ in $(seq 1 300); do
@@ -85,9 +86,9 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 
-url="http://127.0.0.1:$PROXY_PORT/segmentations/$MODEL/studies/$study/series/$series"
+url="https://localhost:$PROXY_PORT/segmentations/$MODEL/studies/$study/series/$series"
 echo "== GET $url"
-curl -sS -o "$work/result.json" -w '== HTTP %{http_code}, %{size_download} bytes in %{time_total}s\n' "$url"
+curl -sS --cacert "$work/certs/trusted.crt" -o "$work/result.json" -w '== HTTP %{http_code}, %{size_download} bytes in %{time_total}s\n' "$url"
 python3 - "$work/result.json" "$study" "$series" <<'PY'
 import json, sys
 result = json.load(open(sys.argv[1]))

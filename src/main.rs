@@ -73,7 +73,10 @@ fn check_config(settings: &cli::Settings) -> ExitCode {
 }
 
 fn healthcheck(settings: &cli::Settings) -> ExitCode {
-    let tls = match upstream::tls_config(settings.ca_file.as_deref()) {
+    // A proxy on its own self-signed pair is checked against that pair unless told otherwise.
+    let own = (settings.url.starts_with("https://") && settings.tls_cert.exists())
+        .then_some(settings.tls_cert.as_path());
+    let tls = match upstream::tls_config(settings.ca_file.as_deref().or(own)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("healthcheck: {e}");

@@ -5,6 +5,7 @@
 //! worker, so they answer even while every worker is busy with a long inference.
 
 use std::io::{Cursor, Read};
+use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::plan::MAX_BODY;
 use crate::routing::{self, InferenceRequest, Route};
 use crate::state::App;
 use crate::status;
+use crate::tls;
 use crate::upstream::Agents;
 
 /// An inference waiting for a worker.
@@ -36,18 +38,34 @@ struct Job {
 pub fn serve(settings: Settings) -> Result<(), String> {
     let config = load_config(&settings)?;
     let agents = Agents::new(&settings)?;
-    if !settings.no_tls {
-        return Err(format!(
-            "HTTPS from {} and {} is not available in this build yet; run with --no-tls (ZHIVA_NO_TLS=true)",
-            settings.tls_cert.display(),
-            settings.tls_key.display()
-        ));
-    }
-    let server = Server::http(&settings.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let (server, public) = if settings.no_tls {
+        let server = Server::http(&settings.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        (server, format!("http://{addr}"))
+    } else {
+        let tls_config = tls::server_config(&settings.tls_cert, &settings.tls_key)?;
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let sock = tls::backend_socket(&settings.state_dir)?;
+        let server = Server::http_unix(&sock)
+            .map_err(|e| format!("cannot open the backend socket {}: {e}", sock.display()))?;
+        thread::Builder::new()
+            .name("tls-accept".into())
+            .spawn(move || tls::serve(listener, tls_config, sock))
+            .map_err(|e| format!("cannot start the TLS listener: {e}"))?;
+        (server, format!("https://{addr}"))
+    };
     log::info!(
-        "listening on http://{} with {} workers; {} servers, {} models from {}",
-        settings.listen,
+        "listening on {public} with {} workers; {} servers, {} models from {}",
         settings.workers,
         config.servers.len(),
         config.models.len(),

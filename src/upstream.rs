@@ -60,26 +60,31 @@ fn base(
         .tls_config(tls.clone())
 }
 
-/// Mozilla's roots, or the CAs of `ca_file` when given (e.g. a local PACS's self-signed `trusted.crt`).
+/// Mozilla's roots, plus the certificates of `ca_file` when given (e.g. a local
+/// PACS's self-signed `trusted.crt`). Nothing is ever accepted unverified.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<TlsConfig, String> {
     let Some(path) = ca_file else {
         return Ok(TlsConfig::builder().build());
     };
     let pem =
         std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+    let extra: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
             _ => None,
         })
         .collect();
-    if certs.is_empty() {
+    if extra.is_empty() {
         return Err(format!(
             "CA file {} holds no PEM certificate",
             path.display()
         ));
     }
+    let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .chain(extra);
     Ok(TlsConfig::builder()
-        .root_certs(RootCerts::new_with_certs(&certs))
+        .root_certs(RootCerts::from(roots))
         .build())
 }

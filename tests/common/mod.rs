@@ -386,19 +386,46 @@ impl Proxy {
         Proxy::start_in(&dir, args, envs)
     }
 
-    /// Starts the proxy with `dir/config` as its config directory.
+    /// Starts the proxy with `dir/config` as its config directory, on plain HTTP.
     pub fn start_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
+        Proxy::launch(dir, args, envs, false)
+    }
+
+    /// Starts the proxy on HTTPS with a fresh self-signed pair in `dir/certs`.
+    pub fn start_tls(name: &str, args: &[&str]) -> Proxy {
+        let e = env();
+        let dir = tempdir(&format!("proxy-{name}"));
+        write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh");
+        let out = Command::new(script)
+            .arg(dir.join("certs"))
+            .output()
+            .expect("make-cert.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cert = dir.join("certs/zhiva.crt");
+        let key = dir.join("certs/zhiva.key");
+        let mut all = vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        Proxy::launch(&dir, &all, &[], true)
+    }
+
+    fn launch(dir: &Path, args: &[&str], envs: &[(&str, &str)], tls: bool) -> Proxy {
         let port = free_port();
         let log = dir.join("proxy.log");
         let mut cmd = Command::new("python3");
         cmd.arg(fixtures().join("supervise.py"))
             .arg(proxy_bin())
-            .args([
-                "serve",
-                "--no-tls",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(if tls { &[][..] } else { &["--no-tls"][..] })
             .arg("--config")
             .arg(dir.join("config"))
             .arg("--state-dir")
@@ -409,7 +436,11 @@ impl Proxy {
             cmd.env(k, v);
         }
         let child = spawn_logged(cmd, &log);
-        let url = format!("http://127.0.0.1:{port}");
+        let url = if tls {
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://127.0.0.1:{port}")
+        };
         let mut p = Proxy {
             child,
             url,
