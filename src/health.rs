@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ureq::Agent;
 
-use crate::auth;
+use crate::auth::Auth;
 use crate::config::Config;
 
 /// The outcome of the last probe of one status URI.
@@ -65,21 +65,13 @@ pub fn probe(agent: &Agent, url: &str, authorization: Option<&str>) -> Check {
     }
 }
 
-/// Probes everything once.
-pub fn poll_once(agent: &Agent, config: &Config, health: &Health) {
+/// Probes everything once. Token servers are probed with whatever access token
+/// is at hand: the poller never signs in itself (the token thread does).
+pub fn poll_once(agent: &Agent, auth: &Auth, config: &Config, health: &Health) {
     for s in config.servers.values() {
         if let Some(uri) = &s.status_uri {
-            let check = match auth::header(s) {
-                Ok(h) => probe(agent, uri, h.as_deref()),
-                Err(e) => Check {
-                    up: false,
-                    http_status: None,
-                    error: Some(e.message),
-                    latency_ms: 0,
-                    checked_at: SystemTime::now(),
-                },
-            };
-            health.set(&s.id, check);
+            let header = auth.current_header(s);
+            health.set(&s.id, probe(agent, uri, header.as_deref()));
         }
     }
     for m in config.models.values() {
@@ -92,6 +84,7 @@ pub fn poll_once(agent: &Agent, config: &Config, health: &Health) {
 /// Starts the poller thread; `config` is read afresh each round so reloads take effect.
 pub fn spawn(
     agent: Agent,
+    auth: Arc<Auth>,
     config: impl Fn() -> Arc<Config> + Send + 'static,
     health: Arc<Health>,
     interval: Duration,
@@ -99,7 +92,7 @@ pub fn spawn(
     let spawned = thread::Builder::new()
         .name("health".into())
         .spawn(move || loop {
-            poll_once(&agent, &config(), &health);
+            poll_once(&agent, &auth, &config(), &health);
             thread::sleep(interval);
         });
     if let Err(e) = spawned {

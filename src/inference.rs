@@ -46,6 +46,7 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
     let started = Instant::now();
     let source = PacsSource {
         agent: &app.agents.pacs,
+        auth: &app.auth,
         server: &plan.server,
     };
     let mut payload = PayloadReader::new(source, plan.groups.clone(), plan.keyed);

@@ -20,4 +20,5 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod tls;
+pub mod token_store;
 pub mod upstream;

@@ -2,8 +2,8 @@
 
 use ureq::{Agent, BodyReader};
 
-use crate::auth;
-use crate::config::Server;
+use crate::auth::Auth;
+use crate::config::{AuthType, Server};
 use crate::error::{self, ProxyError, Upstream};
 use crate::multipart::{self, Multipart};
 use crate::payload::Source;
@@ -12,20 +12,32 @@ use crate::payload::Source;
 pub const ACCEPT_DICOM: &str = "multipart/related; type=\"application/dicom\"";
 
 /// Starts a WADO-RS retrieval of `path` (e.g. `/studies/1.2/series/1.3`) on `server`.
+/// A token the PACS refuses is refreshed and the request retried once.
 pub fn retrieve(
     agent: &Agent,
+    auth: &Auth,
     server: &Server,
     path: &str,
 ) -> Result<Multipart<BodyReader<'static>>, ProxyError> {
     let url = format!("{}{}", server.uri, path);
-    let mut req = agent.get(&url).header("Accept", ACCEPT_DICOM);
-    if let Some(h) = auth::header(server)? {
-        req = req.header("Authorization", h);
-    }
-    let resp = req
-        .call()
-        .map_err(|e| error::from_ureq(Upstream::Pacs, &e))?;
-    let status = resp.status().as_u16();
+    let uses_tokens = matches!(server.auth, AuthType::Token | AuthType::Zhiva);
+    let mut attempt = 0;
+    let (resp, status) = loop {
+        attempt += 1;
+        let header = auth.header(server)?;
+        let mut req = agent.get(&url).header("Accept", ACCEPT_DICOM);
+        if let Some(h) = &header {
+            req = req.header("Authorization", h);
+        }
+        let resp = req
+            .call()
+            .map_err(|e| error::from_ureq(Upstream::Pacs, &e))?;
+        let status = resp.status().as_u16();
+        match (status, header) {
+            (401 | 403, Some(h)) if uses_tokens && attempt == 1 => auth.rejected(server, &h),
+            _ => break (resp, status),
+        }
+    };
     match status {
         200 => {}
         404 => {
@@ -81,6 +93,8 @@ fn describe(path: &str) -> String {
 pub struct PacsSource<'a> {
     /// The PACS agent.
     pub agent: &'a Agent,
+    /// Credentials.
+    pub auth: &'a Auth,
     /// The server to read.
     pub server: &'a Server,
 }
@@ -89,6 +103,6 @@ impl Source for PacsSource<'_> {
     type Body = BodyReader<'static>;
 
     fn open(&mut self, path: &str) -> Result<Multipart<Self::Body>, ProxyError> {
-        retrieve(self.agent, self.server, path)
+        retrieve(self.agent, self.auth, self.server, path)
     }
 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, TrySendError};
 use tiny_http::{Header, Request, Response, Server, StatusCode};
 
+use crate::auth;
 use crate::cli::Settings;
 use crate::config::{self, Config};
 use crate::error::ProxyError;
@@ -75,10 +76,13 @@ pub fn serve(settings: Settings) -> Result<(), String> {
     let poll_app = app.clone();
     health::spawn(
         app.agents.probe.clone(),
+        app.auth.clone(),
         move || poll_app.config(),
         app.health.clone(),
         app.settings.health_interval,
     );
+    let token_app = app.clone();
+    auth::spawn(app.auth.clone(), move || token_app.config());
     let (tx, rx) = bounded::<Job>(app.settings.queue);
     for i in 0..app.settings.workers {
         let app = app.clone();
@@ -217,7 +221,7 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
             return reply_error(app, rq, &e, started);
         }
         Route::Status => {
-            let v = status::json(&app.config(), &app.health);
+            let v = status::json(&app.config(), &app.health, &app.auth);
             if header(&rq, "Accept").is_some_and(|a| a.contains("application/json")) {
                 json(v)
             } else {

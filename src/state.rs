@@ -3,15 +3,19 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 
+use crate::auth::Auth;
 use crate::cli::Settings;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::health::Health;
+use crate::token_store::TokenStore;
 use crate::upstream::Agents;
 
 /// Everything a request handler may need.
 pub struct App {
     config: RwLock<Arc<Config>>,
+    /// PACS credentials and tokens.
+    pub auth: Arc<Auth>,
     /// Last health checks.
     pub health: Arc<Health>,
     /// Outgoing HTTP agents.
@@ -27,7 +31,9 @@ pub struct App {
 impl App {
     /// Builds the shared state around a loaded config.
     pub fn new(config: Config, settings: Settings, agents: Agents) -> App {
+        let store = TokenStore::new(&settings.state_dir);
         App {
+            auth: Arc::new(Auth::new(agents.auth.clone(), store)),
             config: RwLock::new(Arc::new(config)),
             health: Arc::new(Health::default()),
             agents,

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::auth::Auth;
 use crate::config::{redact_uri, Config};
 use crate::health::{rfc3339, Health};
 
@@ -21,7 +22,7 @@ fn health_json(health: &Health, id: &str, has_status_uri: bool) -> Value {
 }
 
 /// The status as JSON.
-pub fn json(config: &Config, health: &Health) -> Value {
+pub fn json(config: &Config, health: &Health, auth: &Auth) -> Value {
     let servers: Vec<Value> = config
         .servers
         .values()
@@ -33,6 +34,7 @@ pub fn json(config: &Config, health: &Health) -> Value {
                 "isDefault": s.id == config.default_server,
                 "authType": s.auth.as_str(),
                 "health": health_json(health, &s.id, s.status_uri.is_some()),
+                "auth": auth.status(s),
             })
         })
         .collect();

@@ -17,6 +17,8 @@ pub struct Agents {
     pub model: Agent,
     /// Health probes: short timeouts throughout.
     pub probe: Agent,
+    /// The auth service.
+    pub auth: Agent,
 }
 
 impl Agents {
@@ -41,7 +43,16 @@ impl Agents {
             .timeout_global(Some(short))
             .build()
             .new_agent();
-        Ok(Agents { pacs, model, probe })
+        let auth = base(&tls, s.connect_timeout)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        Ok(Agents {
+            pacs,
+            model,
+            probe,
+            auth,
+        })
     }
 }
 
