@@ -472,10 +472,12 @@ impl Proxy {
 impl Proxy {
     /// Stops the proxy (SIGTERM to the supervisor, which passes it on).
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -518,4 +520,87 @@ pub fn shared() -> &'static Proxy {
             )],
         )
     })
+}
+
+/// The zhiva auth service and its Bearer-checking PACS gateway, in front of Orthanc A.
+pub struct AuthService {
+    child: Child,
+    /// Base URL, e.g. `http://127.0.0.1:P`.
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl AuthService {
+    pub fn start(name: &str, args: &[&str]) -> AuthService {
+        let e = env();
+        let dir = tempdir(&format!("authsvc-{name}"));
+        let log = dir.join("auth.log");
+        let upstream = e.pacs_a.trim_end_matches("/dicom-web").to_string();
+        let mut cmd = Command::new("python3");
+        cmd.arg(fixtures().join("auth_service.py"))
+            .args([
+                "run",
+                "--watch-parent",
+                "--port",
+                "0",
+                "--pacs-upstream",
+                &upstream,
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+        let mut child = cmd.spawn().expect("auth_service.py");
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "auth service did not start: {line} {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        AuthService {
+            child,
+            url: v["url"].as_str().unwrap().to_string(),
+            log,
+        }
+    }
+
+    pub fn control(&self, what: &str, body: Value) -> Value {
+        let agent = agent();
+        let r = agent
+            .post(format!("{}/control/{what}", self.url))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes())
+            .unwrap();
+        let mut s = String::new();
+        r.into_body().into_reader().read_to_string(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap_or(Value::Null)
+    }
+
+    pub fn stats(&self) -> Value {
+        get(&format!("{}/control/stats", self.url)).json()
+    }
+
+    /// A servers.json entry for the gateway.
+    pub fn server(&self, auth: Value) -> Value {
+        let mut s = json!({
+            "uri": format!("{}/zhiva/pacs", self.url),
+            "statusUri": format!("{}/zhiva/pacs/studies", self.url),
+            "signInServer": format!("{}/auth/sign-user", self.url),
+            "signInTokenServer": format!("{}/auth/generate-access-token", self.url),
+            "refreshServer": format!("{}/auth/refresh-token", self.url),
+        });
+        for (k, v) in auth.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        s
+    }
+}
+
+impl Drop for AuthService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
