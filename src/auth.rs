@@ -8,6 +8,7 @@
 //! No token, password or auth token is ever logged, shown or put in an error.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +24,7 @@ use crate::token_store::{Stored, TokenStore};
 /// Longest pause between retries against a failing auth service.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Never send an access token with less than this left to live.
-const MIN_REMAINING: u64 = 2;
+const MIN_REMAINING: u64 = 1;
 
 /// An access token and its expiry (seconds since the epoch), read unverified from the JWT.
 #[derive(Clone)]
@@ -69,6 +70,8 @@ pub struct Auth {
     agent: Agent,
     store: TokenStore,
     servers: Mutex<HashMap<String, Arc<Mutex<ServerAuth>>>>,
+    /// Set after the token thread's first round, so the first health poll has tokens to use.
+    first_round: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,6 +152,7 @@ impl Auth {
             agent,
             store,
             servers: Mutex::new(HashMap::new()),
+            first_round: AtomicBool::new(false),
         }
     }
 
@@ -213,6 +217,14 @@ impl Auth {
         }
     }
 
+    /// Waits (up to `limit`) for the token thread's first round.
+    pub fn wait_first_round(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.first_round.load(Ordering::SeqCst) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Background work for one round: refresh what is due, retry what failed.
     pub fn maintain(&self, config: &Config) {
         let now = now_secs();
@@ -242,6 +254,14 @@ impl Auth {
             e.access = s.access.map(access);
             e.refresh = s.refresh;
             e.consumed = s.consumed;
+        }
+        // A newly minted auth token in servers.json wins at once: drop the stored
+        // access token so the next call exchanges it (the refresh token stays as a fallback).
+        let fresh = server.auth_token.as_deref().is_some_and(|t| {
+            !t.is_empty() && e.consumed.as_deref() != Some(fingerprint(t).as_str())
+        });
+        if fresh {
+            e.access = None;
         }
     }
 
@@ -450,7 +470,7 @@ impl Auth {
         let now = now_secs();
         let state = match (&e.failure, &e.access) {
             (Some(_), _) => "failing",
-            (None, Some(a)) if a.usable(now) => "ok",
+            (None, Some(a)) if a.exp.is_none_or(|exp| now < exp) => "ok",
             _ => "pending",
         };
         let exp = e.access.as_ref().and_then(|a| a.exp);
@@ -491,6 +511,7 @@ pub fn spawn(auth: Arc<Auth>, config: impl Fn() -> Arc<Config> + Send + 'static)
         .name("tokens".into())
         .spawn(move || loop {
             auth.maintain(&config());
+            auth.first_round.store(true, Ordering::SeqCst);
             thread::sleep(Duration::from_secs(1));
         });
     if let Err(e) = spawned {
@@ -556,7 +577,7 @@ mod tests {
             iat: Some(997),
         };
         assert!(!a.due(990) && a.due(999));
-        assert!(a.usable(997) && !a.usable(998));
+        assert!(a.usable(998) && !a.usable(999));
         let day = Access {
             value: String::new(),
             exp: Some(86_400),

@@ -89,12 +89,13 @@ pub fn spawn(
     health: Arc<Health>,
     interval: Duration,
 ) {
-    let spawned = thread::Builder::new()
-        .name("health".into())
-        .spawn(move || loop {
+    let spawned = thread::Builder::new().name("health".into()).spawn(move || {
+        auth.wait_first_round(Duration::from_secs(30));
+        loop {
             poll_once(&agent, &auth, &config(), &health);
             thread::sleep(interval);
-        });
+        }
+    });
     if let Err(e) = spawned {
         log::error!("cannot start the health poller: {e}");
     }

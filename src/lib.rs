@@ -21,4 +21,5 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod token_store;
+pub mod trust;
 pub mod upstream;

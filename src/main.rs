@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use model_proxy::cli::{self, Command};
-use model_proxy::{config, server, upstream};
+use model_proxy::{config, server, trust};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,19 +76,18 @@ fn healthcheck(settings: &cli::Settings) -> ExitCode {
     // A proxy on its own self-signed pair is checked against that pair unless told otherwise.
     let own = (settings.url.starts_with("https://") && settings.tls_cert.exists())
         .then_some(settings.tls_cert.as_path());
-    let tls = match upstream::tls_config(settings.ca_file.as_deref().or(own)) {
+    let tls = match trust::client_config(settings.ca_file.as_deref().or(own)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("healthcheck: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(3)))
-        .tls_config(tls)
-        .build()
-        .new_agent();
+        .build();
+    let agent = trust::agent(config, tls);
     match agent.get(&settings.url).call() {
         Ok(r) if r.status() == 200 => ExitCode::SUCCESS,
         Ok(r) => {

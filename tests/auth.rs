@@ -350,3 +350,43 @@ fn https_auth_service_with_an_extra_ca_file() {
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[test]
+fn local_pacs_certificate_made_the_docs_way_is_trusted_through_the_ca_file() {
+    // `openssl req -x509 ... -subj .../CN=localhost` as the zhiva docs say: no
+    // subjectAltName, CA:TRUE. Pinned through the CA file, it is trusted as itself.
+    let _m = model_lock();
+    let dir = tempdir("auth-seedcert");
+    let out = std::process::Command::new("python3")
+        .arg(fixtures().join("auth_service.py"))
+        .args(["make-cert", "--style", "seed", "--out"])
+        .arg(dir.join("certs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = dir.join("certs/trusted.crt");
+    let key = dir.join("certs/server.key");
+    let a = AuthService::start(
+        "seedcert",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let a_url = a.url.replace("127.0.0.1", "localhost");
+    let server = json!({Z: {
+        "uri": format!("{a_url}/zhiva/pacs"), "authType": "zhivaAuth", "login": USER, "password": PASSWORD,
+        "signInServer": format!("{a_url}/auth/sign-user"),
+        "signInTokenServer": format!("{a_url}/auth/generate-access-token"),
+        "refreshServer": format!("{a_url}/auth/refresh-token"),
+    }});
+    let p = start(&dir, server, &["--ca-file", cert.to_str().unwrap()]);
+    let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
