@@ -217,6 +217,17 @@ impl Auth {
         }
     }
 
+    /// After a config reload: re-read the store (a new authToken then wins) and retry failures at once.
+    pub fn reload(&self) {
+        for entry in lock(&self.servers).values() {
+            let mut e = lock(entry);
+            e.loaded = false;
+            e.failure = None;
+            e.retry_at = None;
+            e.backoff = Duration::ZERO;
+        }
+    }
+
     /// Waits (up to `limit`) for the token thread's first round.
     pub fn wait_first_round(&self, limit: Duration) {
         let until = Instant::now() + limit;

@@ -51,6 +51,8 @@ pub struct Settings {
     pub model_timeout: Duration,
     /// Extra CA certificates (PEM) trusted for upstream HTTPS, e.g. the local PACS's trusted.crt.
     pub ca_file: Option<PathBuf>,
+    /// How long in-flight inferences may run on after SIGTERM.
+    pub grace_period: Duration,
     /// URL probed by `healthcheck`.
     pub url: String,
 }
@@ -152,6 +154,12 @@ const FLAGS: &[Flag] = &[
         env: "ZHIVA_CA_FILE",
         value: "FILE",
         help: "extra CA certificates (PEM) for upstream HTTPS",
+    },
+    Flag {
+        name: "grace-period",
+        env: "ZHIVA_GRACE_PERIOD",
+        value: "SECS",
+        help: "after SIGTERM, how long in-flight inferences may finish [30]",
     },
     Flag {
         name: "url",
@@ -281,6 +289,7 @@ fn settings(
         pacs_timeout: secs("pacs-timeout", 60)?,
         model_timeout: secs("model-timeout", 600)?,
         ca_file: get("ca-file").map(|(_, v)| v.into()),
+        grace_period: number("grace-period", 30, 0).map(Duration::from_secs)?,
         url: string("url", "http://127.0.0.1:8002/healthz"),
     })
 }

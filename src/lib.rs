@@ -19,6 +19,7 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod systemd;
 pub mod tls;
 pub mod token_store;
 pub mod trust;

@@ -7,12 +7,12 @@
 use std::io::{Cursor, Read};
 use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tiny_http::{Header, Request, Response, Server, StatusCode};
 
 use crate::auth;
@@ -25,6 +25,7 @@ use crate::plan::MAX_BODY;
 use crate::routing::{self, InferenceRequest, Route};
 use crate::state::App;
 use crate::status;
+use crate::systemd;
 use crate::tls;
 use crate::upstream::Agents;
 
@@ -92,26 +93,130 @@ pub fn serve(settings: Settings) -> Result<(), String> {
             .spawn(move || worker(&app, &rx))
             .map_err(|e| format!("cannot start worker threads: {e}"))?;
     }
-    for rq in server.incoming_requests() {
-        let started = Instant::now();
-        match routing::route(rq.method().as_str(), rq.url()) {
-            Ok(Route::Inference(route)) => match tx.try_send(Job { rq, route, started }) {
-                Ok(()) => {}
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                    let e = ProxyError::new(
-                        503,
-                        "overloaded",
-                        "every worker is busy and the queue is full; retry shortly",
-                    )
-                    .with_header("Retry-After", "5");
-                    reply_error(&app, job.rq, &e, started);
-                }
-            },
-            Ok(route) => answer_inline(&app, rq, &route, started),
-            Err(e) => reply_error(&app, rq, &e, started),
+    let signals = Signals::register()?;
+    systemd::notify("READY=1");
+    let mut tx = Some(tx);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if signals.hup.swap(false, Ordering::SeqCst) {
+            reload(&app);
+        }
+        if deadline.is_none() && signals.term.load(Ordering::SeqCst) {
+            let grace = app.settings.grace_period;
+            log::info!(
+                "shutting down: no new inferences; waiting up to {}s for those in flight",
+                grace.as_secs()
+            );
+            systemd::notify("STOPPING=1");
+            app.shutting_down.store(true, Ordering::SeqCst);
+            // Workers drain the queue, then see the channel closed and stop.
+            tx = None;
+            deadline = Some(Instant::now() + grace);
+        }
+        if let Some(d) = deadline {
+            let busy = app.in_flight.load(Ordering::SeqCst);
+            if busy == 0 {
+                break;
+            }
+            if Instant::now() >= d {
+                log::warn!("grace period over with {busy} inference(s) still running; exiting");
+                break;
+            }
+        }
+        let rq = match server.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(rq)) => rq,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("receiving a request failed: {e}");
+                continue;
+            }
+        };
+        dispatch(&app, tx.as_ref(), rq);
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Answers cheap routes at once and queues inferences; during shutdown, refuses them.
+fn dispatch(app: &App, tx: Option<&Sender<Job>>, rq: Request) {
+    let started = Instant::now();
+    let route = match routing::route(rq.method().as_str(), rq.url()) {
+        Ok(Route::Inference(route)) => route,
+        Ok(route) => return answer_inline(app, rq, &route, started),
+        Err(e) => return reply_error(app, rq, &e, started),
+    };
+    let Some(tx) = tx else {
+        let e = ProxyError::new(
+            503,
+            "shutting_down",
+            "the proxy is shutting down; retry on another instance",
+        )
+        .with_header("Retry-After", "5")
+        .with_header("Connection", "close");
+        return reply_error(app, rq, &e, started);
+    };
+    app.in_flight.fetch_add(1, Ordering::SeqCst);
+    if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+        tx.try_send(Job { rq, route, started })
+    {
+        app.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let e = ProxyError::new(
+            503,
+            "overloaded",
+            "every worker is busy and the queue is full; retry shortly",
+        )
+        .with_header("Retry-After", "5");
+        reply_error(app, job.rq, &e, started);
+    }
+}
+
+/// SIGHUP: load both files again; a config that fails validation is refused and the old one stays.
+fn reload(app: &App) {
+    systemd::notify("RELOADING=1");
+    match config::load(&app.settings.config_dir) {
+        Ok(c) => {
+            log::info!(
+                "config reloaded: {} servers, {} models",
+                c.servers.len(),
+                c.models.len()
+            );
+            app.set_config(c);
+            app.auth.reload();
+        }
+        Err(problems) => {
+            for p in &problems {
+                log::error!("{p}");
+            }
+            log::error!(
+                "config reload refused ({} problem(s)); the previous config stays in force",
+                problems.len()
+            );
         }
     }
-    Ok(())
+    systemd::notify("READY=1");
+}
+
+/// The signals the server acts on, as flags the dispatcher polls.
+struct Signals {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, String> {
+        let s = Signals {
+            term: Arc::new(AtomicBool::new(false)),
+            hup: Arc::new(AtomicBool::new(false)),
+        };
+        let reg = |sig, flag: &Arc<AtomicBool>| {
+            signal_hook::flag::register(sig, flag.clone())
+                .map_err(|e| format!("cannot handle signal {sig}: {e}"))
+        };
+        reg(signal_hook::consts::SIGTERM, &s.term)?;
+        reg(signal_hook::consts::SIGINT, &s.term)?;
+        reg(signal_hook::consts::SIGHUP, &s.hup)?;
+        Ok(s)
+    }
 }
 
 /// Loads and validates the config, logging every problem.
@@ -172,6 +277,7 @@ fn worker(app: &App, rx: &Receiver<Job>) {
                 reply_error(app, job.rq, &e, job.started);
             }
         }
+        app.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -205,7 +311,12 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
         Route::Healthz => json(serde_json::json!({"status": "ok"})),
         Route::Readyz => {
             let alive = app.workers_alive.load(Ordering::SeqCst);
-            let want = app.settings.workers;
+            // While shutting down, report not ready so load balancers drain this instance.
+            let want = if app.shutting_down.load(Ordering::SeqCst) {
+                usize::MAX
+            } else {
+                app.settings.workers
+            };
             let body = serde_json::json!({"status": if alive == want { "ready" } else { "degraded" }, "workers": alive, "configured": want});
             (
                 if alive == want { 200 } else { 503 },

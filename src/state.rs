@@ -1,6 +1,6 @@
 //! The state shared by the dispatcher, the workers and the background thread.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, RwLock};
 
 use crate::auth::Auth;
@@ -26,6 +26,10 @@ pub struct App {
     pub cors: Cors,
     /// Worker threads currently running (for /readyz).
     pub workers_alive: AtomicUsize,
+    /// Inferences queued or running.
+    pub in_flight: AtomicUsize,
+    /// SIGTERM received.
+    pub shutting_down: AtomicBool,
 }
 
 impl App {
@@ -40,6 +44,8 @@ impl App {
             cors: Cors::new(&settings.allowed_origins),
             settings,
             workers_alive: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
         }
     }
 
