@@ -218,14 +218,34 @@ impl fmt::Display for Problem {
 
 /// Loads and validates `servers.json` and `models.json` from `dir`; every problem is reported.
 pub fn load(dir: &Path) -> Result<Config, Vec<Problem>> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| Problem {
+            file: path,
+            key: None,
+            at: None,
+            message: format!(
+                "cannot read the file ({e}); create it or point --config (ZHIVA_CONFIG_DIR) at the directory that holds it"
+            ),
+        })
+    };
+    match (read("servers.json"), read("models.json")) {
+        (Ok(s), Ok(m)) => from_texts(dir, &s, &m),
+        (s, m) => Err([s.err(), m.err()].into_iter().flatten().collect()),
+    }
+}
+
+/// Validates the two files' texts; `dir` only names them in problems.
+pub fn from_texts(dir: &Path, servers: &str, models: &str) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
-    let servers = read_file(&dir.join("servers.json"), &mut problems)
+    let servers_path = dir.join("servers.json");
+    let servers = parse_text(&servers_path, servers, &mut problems)
         .map(|f| parse_servers(&f, &mut problems))
         .unwrap_or_default();
-    let models = read_file(&dir.join("models.json"), &mut problems)
+    let models = parse_text(&dir.join("models.json"), models, &mut problems)
         .map(|f| parse_models(&f, &mut problems))
         .unwrap_or_default();
-    let default_server = pick_default(&dir.join("servers.json"), &servers, &mut problems);
+    let default_server = pick_default(&servers_path, &servers, &mut problems);
     if problems.is_empty() {
         Ok(Config {
             servers,
@@ -279,23 +299,14 @@ impl Source {
     }
 }
 
-fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Option<Source> {
+fn parse_text(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<Source> {
     let fail = |message: String| Problem {
         file: path.to_path_buf(),
         key: None,
         at: None,
         message,
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(fail(format!(
-                "cannot read the file ({e}); create it or point --config (ZHIVA_CONFIG_DIR) at the directory that holds it"
-            )));
-            return None;
-        }
-    };
-    let strict = jsonc::to_strict(&text);
+    let strict = jsonc::to_strict(text);
     match serde_json::from_str::<Value>(&strict) {
         Ok(Value::Object(root)) => Some(Source {
             path: path.to_path_buf(),
