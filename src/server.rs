@@ -19,6 +19,7 @@ use crate::auth;
 use crate::cli::Settings;
 use crate::config::{self, Config};
 use crate::error::ProxyError;
+use crate::front;
 use crate::health;
 use crate::inference::{self, Stats};
 use crate::plan::MAX_BODY;
@@ -26,7 +27,6 @@ use crate::routing::{self, InferenceRequest, Route};
 use crate::state::App;
 use crate::status;
 use crate::systemd;
-use crate::tls;
 use crate::upstream::Agents;
 
 /// An inference waiting for a worker.
@@ -40,32 +40,25 @@ struct Job {
 pub fn serve(settings: Settings) -> Result<(), String> {
     let config = load_config(&settings)?;
     let agents = Agents::new(&settings)?;
-    let (server, public) = if settings.no_tls {
-        let server = Server::http(&settings.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        (server, format!("http://{addr}"))
+    let tls = if settings.no_tls {
+        None
     } else {
-        let tls_config = tls::server_config(&settings.tls_cert, &settings.tls_key)?;
-        let listener = TcpListener::bind(&settings.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let sock = tls::backend_socket(&settings.state_dir)?;
-        let server = Server::http_unix(&sock)
-            .map_err(|e| format!("cannot open the backend socket {}: {e}", sock.display()))?;
-        thread::Builder::new()
-            .name("tls-accept".into())
-            .spawn(move || tls::serve(listener, tls_config, sock))
-            .map_err(|e| format!("cannot start the TLS listener: {e}"))?;
-        (server, format!("https://{addr}"))
+        Some(front::server_config(&settings.tls_cert, &settings.tls_key)?)
     };
+    let listener = TcpListener::bind(&settings.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let public = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let sock = front::backend_socket(&settings.state_dir)?;
+    let server = Server::http_unix(&sock)
+        .map_err(|e| format!("cannot open the backend socket {}: {e}", sock.display()))?;
+    thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || front::serve(listener, tls, sock))
+        .map_err(|e| format!("cannot start the listener: {e}"))?;
     log::info!(
         "listening on {public} with {} workers; {} servers, {} models from {}",
         settings.workers,

@@ -1,9 +1,11 @@
-//! HTTPS in front of tiny_http, on a current rustls.
+//! The public listener, in front of tiny_http: HTTPS on a current rustls, or plain HTTP.
 //!
 //! tiny_http's own TLS feature pins rustls 0.20 (RUSTSEC-2024-0336) and ring 0.16,
-//! so tiny_http serves plain HTTP on a private Unix socket and this module
-//! terminates TLS on the public port: one thread per direction per connection,
-//! copying between the TLS stream and the socket. TLS 1.2 and 1.3 only.
+//! and tiny_http sets no socket timeouts. So tiny_http serves plain HTTP on a
+//! private Unix socket, and this module owns the public port: it terminates TLS
+//! (1.2 and 1.3 only) or passes plain bytes, one thread per direction per
+//! connection, bounds the number of connections and drops clients that stall a
+//! handshake or stop reading their response.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -54,12 +56,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     Ok(Arc::new(config))
 }
 
-/// Where the private backend socket lives: a 0700 directory under the state directory.
+/// Where the private backend socket lives: a 0700 directory under the state directory,
+/// so no other local user can reach tiny_http around the front.
 pub fn backend_socket(state_dir: &Path) -> Result<PathBuf, String> {
     let dir = state_dir.join("run");
     std::fs::create_dir_all(&dir).map_err(|e| {
         format!(
-            "HTTPS needs a writable --state-dir: cannot create {}: {e}",
+            "the proxy needs a writable --state-dir: cannot create {}: {e}",
             dir.display()
         )
     })?;
@@ -71,8 +74,9 @@ pub fn backend_socket(state_dir: &Path) -> Result<PathBuf, String> {
     Ok(sock)
 }
 
-/// Accepts TLS connections on `listener` and relays each to the backend socket; runs forever.
-pub fn serve(listener: TcpListener, config: Arc<ServerConfig>, backend: PathBuf) {
+/// Accepts connections on `listener` (TLS when `tls` is given) and relays each to
+/// the backend socket; runs forever.
+pub fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>, backend: PathBuf) {
     let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let tcp = match stream {
@@ -85,23 +89,50 @@ pub fn serve(listener: TcpListener, config: Arc<ServerConfig>, backend: PathBuf)
             }
         };
         if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            log::warn!("{MAX_CONNECTIONS} TLS connections open; refusing another");
+            log::warn!("{MAX_CONNECTIONS} connections open; refusing another");
             continue;
         }
         open.fetch_add(1, Ordering::SeqCst);
-        let (config, backend, open) = (config.clone(), backend.clone(), open.clone());
-        let spawned = thread::Builder::new().name("tls".into()).spawn(move || {
-            if let Err(e) = connection(tcp, config, &backend) {
-                log::debug!("TLS connection ended: {e}");
+        let (tls, backend, open) = (tls.clone(), backend.clone(), open.clone());
+        let spawned = thread::Builder::new().name("conn".into()).spawn(move || {
+            let ended = match tls {
+                Some(config) => connection(tcp, config, &backend),
+                None => plain(tcp, &backend),
+            };
+            if let Err(e) = ended {
+                log::debug!("connection ended: {e}");
             }
             open.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
-            log::warn!("cannot start a TLS connection thread: {e}");
+            log::warn!("cannot start a connection thread: {e}");
         }
     }
 }
 
+/// Plain HTTP: bytes both ways, with the same write timeout as TLS.
+fn plain(tcp: TcpStream, backend: &Path) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let unix = UnixStream::connect(backend)?;
+    let down = {
+        let (mut tcp, mut unix) = (tcp.try_clone()?, unix.try_clone()?);
+        thread::Builder::new()
+            .name("conn-out".into())
+            .spawn(move || {
+                let copied = io::copy(&mut unix, &mut tcp);
+                let _ = tcp.shutdown(Shutdown::Both);
+                copied
+            })?
+    };
+    let up = io::copy(&mut &tcp, &mut &unix);
+    let _ = unix.shutdown(Shutdown::Write);
+    let _ = down.join();
+    let _ = tcp.shutdown(Shutdown::Both);
+    up.map(|_| ())
+}
+
+/// TLS: handshake, then decrypt one way and encrypt the other.
 fn connection(mut tcp: TcpStream, config: Arc<ServerConfig>, backend: &Path) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
