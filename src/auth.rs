@@ -55,6 +55,7 @@ struct ServerAuth {
     last_success: Option<SystemTime>,
     refreshes: u64,
     sign_ins: u64,
+    failures: u64,
 }
 
 /// How an auth-service call failed.
@@ -217,6 +218,20 @@ impl Auth {
         }
     }
 
+    /// Per server: (id, sign-ins, refreshes, failures), for the metrics.
+    pub fn counters(&self) -> Vec<(String, u64, u64, u64)> {
+        let servers = lock(&self.servers);
+        let mut v: Vec<_> = servers
+            .iter()
+            .map(|(id, entry)| {
+                let e = lock(entry);
+                (id.clone(), e.sign_ins, e.refreshes, e.failures)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// After a config reload: re-read the store (a new authToken then wins) and retry failures at once.
     pub fn reload(&self) {
         for entry in lock(&self.servers).values() {
@@ -302,6 +317,7 @@ impl Auth {
                 e.last_success = Some(SystemTime::now());
             }
             Err(f) => {
+                e.failures += 1;
                 e.backoff = (e.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
                 e.retry_at = Some(Instant::now() + e.backoff);
                 e.failure = Some(f.clone());

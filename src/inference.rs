@@ -1,6 +1,6 @@
 //! One inference, end to end: plan -> fetch -> encode -> post -> relay.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ureq::BodyReader;
 
@@ -57,7 +57,16 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
     if let Some(failure) = payload.failure.take() {
         return Err(failure);
     }
+    app.metrics.bytes("dicom_from_pacs", payload.dicom_bytes);
+    app.metrics.bytes("payload_to_model", payload.sent);
+    app.metrics
+        .upstream("pacs", &plan.server.id, Duration::from_millis(pacs_ms));
     let resp = posted?;
+    app.metrics.upstream(
+        "model",
+        &plan.model.id,
+        started.elapsed() - Duration::from_millis(pacs_ms),
+    );
     let stats = Stats {
         instances: payload.instances,
         dicom_bytes: payload.dicom_bytes,

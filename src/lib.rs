@@ -11,6 +11,7 @@ pub mod front;
 pub mod health;
 pub mod inference;
 pub mod jsonc;
+pub mod metrics;
 pub mod model;
 pub mod multipart;
 pub mod pacs;

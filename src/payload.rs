@@ -103,6 +103,8 @@ pub struct PayloadReader<S: Source> {
     pub instances: u64,
     /// DICOM bytes encoded so far.
     pub dicom_bytes: u64,
+    /// Payload bytes handed out so far.
+    pub sent: u64,
 }
 
 impl<S: Source> PayloadReader<S> {
@@ -123,6 +125,7 @@ impl<S: Source> PayloadReader<S> {
             failure: None,
             instances: 0,
             dicom_bytes: 0,
+            sent: 0,
         }
     }
 
@@ -259,6 +262,7 @@ impl<S: Source> Read for PayloadReader<S> {
         let n = (self.out.len() - self.out_pos).min(buf.len());
         buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
         self.out_pos += n;
+        self.sent += n as u64;
         Ok(n)
     }
 }

@@ -15,6 +15,8 @@ pub enum Route {
     Readyz,
     /// `GET /status`: the status page.
     Status,
+    /// `GET /metrics`: Prometheus metrics.
+    Metrics,
     /// `OPTIONS *`: a CORS preflight.
     Preflight,
     /// An inference request.
@@ -68,6 +70,7 @@ pub fn route(method: &str, target: &str) -> Result<Route, ProxyError> {
         "/healthz" => Some(Route::Healthz),
         "/readyz" => Some(Route::Readyz),
         "/status" => Some(Route::Status),
+        "/metrics" => Some(Route::Metrics),
         _ => None,
     };
     if let Some(r) = simple {

@@ -22,6 +22,7 @@ use crate::error::ProxyError;
 use crate::front;
 use crate::health;
 use crate::inference::{self, Stats};
+use crate::metrics::Gauges;
 use crate::plan::MAX_BODY;
 use crate::routing::{self, InferenceRequest, Route};
 use crate::state::App;
@@ -149,10 +150,12 @@ fn dispatch(app: &App, tx: Option<&Sender<Job>>, rq: Request) {
         return reply_error(app, rq, &e, started);
     };
     app.in_flight.fetch_add(1, Ordering::SeqCst);
+    app.queued.fetch_add(1, Ordering::SeqCst);
     if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
         tx.try_send(Job { rq, route, started })
     {
         app.in_flight.fetch_sub(1, Ordering::SeqCst);
+        app.queued.fetch_sub(1, Ordering::SeqCst);
         let e = ProxyError::new(
             503,
             "overloaded",
@@ -239,6 +242,7 @@ fn worker(app: &App, rx: &Receiver<Job>) {
     app.workers_alive.fetch_add(1, Ordering::SeqCst);
     let _alive = Alive(app);
     while let Ok(mut job) = rx.recv() {
+        app.queued.fetch_sub(1, Ordering::SeqCst);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let body = if job.route.has_body {
                 Some(read_body(&mut job.rq)?)
@@ -254,14 +258,25 @@ fn worker(app: &App, rx: &Receiver<Job>) {
                     headers.push(("Content-Type", ct));
                 }
                 let status = relay.status;
-                let stats = relay.stats;
-                let length = relay.length;
                 let sent = job.rq.url().to_string();
                 let method = job.rq.method().to_string();
-                let result = respond(job.rq, status, headers, relay.body, length);
-                access_log(&method, &sent, status, job.started, length, Some(&stats));
+                let mut body = Counting {
+                    inner: relay.body,
+                    n: 0,
+                };
+                let result = respond(job.rq, status, headers, &mut body, relay.length);
+                let done = Done {
+                    status,
+                    started: job.started,
+                    bytes: body.n,
+                    code: None,
+                };
+                finish(app, &method, &sent, &done, Some(&relay.stats));
                 if let Err(e) = result {
-                    log::warn!("relaying the model's answer for {sent} failed: {e}");
+                    log::warn!(
+                        "relaying the model's answer for {} failed: {e}",
+                        log_path(&sent)
+                    );
                 }
             }
             Ok(Err(e)) => reply_error(app, job.rq, &e, job.started),
@@ -339,9 +354,24 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
             );
             let (m, u) = (rq.method().to_string(), rq.url().to_string());
             let _ = respond(rq, 204, headers, std::io::empty(), Some(0));
-            access_log(&m, &u, 204, started, Some(0), None);
-            return;
+            let done = Done {
+                status: 204,
+                started,
+                bytes: 0,
+                code: None,
+            };
+            return finish(app, &m, &u, &done, None);
         }
+        Route::Metrics => (
+            200,
+            "text/plain; version=0.0.4".into(),
+            app.metrics.render(&Gauges {
+                queued: app.queued.load(Ordering::SeqCst),
+                in_flight: app.in_flight.load(Ordering::SeqCst),
+                workers: app.workers_alive.load(Ordering::SeqCst),
+                tokens: app.auth.counters(),
+            }),
+        ),
         Route::Inference(_) => unreachable_inference(),
     };
     let mut headers = cors(app, &rq);
@@ -356,7 +386,13 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
         Cursor::new(body.into_bytes()),
         Some(len),
     );
-    access_log(&m, &u, status, started, Some(len), None);
+    let done = Done {
+        status,
+        started,
+        bytes: len as u64,
+        code: None,
+    };
+    finish(app, &m, &u, &done, None);
 }
 
 /// Inferences go to workers; the dispatcher never calls this arm.
@@ -376,42 +412,86 @@ fn reply_error(app: &App, rq: Request, e: &ProxyError, started: Instant) {
     let (m, u) = (rq.method().to_string(), rq.url().to_string());
     let len = body.len();
     let _ = respond(rq, e.status, headers, Cursor::new(body), Some(len));
-    log::info!(
-        "{m} {} {} {}ms {len}B error={}",
-        log_path(&u),
-        e.status,
-        started.elapsed().as_millis(),
-        e.code
-    );
+    let done = Done {
+        status: e.status,
+        started,
+        bytes: len as u64,
+        code: Some(e.code),
+    };
+    finish(app, &m, &u, &done, None);
     if e.status >= 500 {
         log::warn!("{} {}: {}", log_path(&u), e.code, e.message);
     }
 }
 
-fn access_log(
-    method: &str,
-    url: &str,
+/// How a request was answered.
+struct Done {
     status: u16,
     started: Instant,
-    bytes: Option<usize>,
-    stats: Option<&Stats>,
-) {
-    let bytes = bytes
-        .map(|b| format!("{b}B"))
-        .unwrap_or_else(|| "streamed".into());
-    let upstream = stats
-        .map(|s| {
-            format!(
-                " instances={} dicom_bytes={} pacs_ms={} model_ms={}",
-                s.instances, s.dicom_bytes, s.pacs_ms, s.model_ms
-            )
-        })
-        .unwrap_or_default();
-    log::info!(
-        "{method} {} {status} {}ms {bytes}{upstream}",
+    bytes: u64,
+    code: Option<&'static str>,
+}
+
+/// The access log line and the request metrics, for every answered request.
+fn finish(app: &App, method: &str, url: &str, done: &Done, stats: Option<&Stats>) {
+    let mut line = format!(
+        "{method} {} {} {}ms {}B",
         log_path(url),
-        started.elapsed().as_millis()
+        done.status,
+        done.started.elapsed().as_millis(),
+        done.bytes
     );
+    if let Some(s) = stats {
+        line.push_str(&format!(
+            " instances={} dicom_bytes={} pacs_ms={} model_ms={}",
+            s.instances, s.dicom_bytes, s.pacs_ms, s.model_ms
+        ));
+    }
+    if let Some(code) = done.code {
+        line.push_str(&format!(" error={code}"));
+    }
+    log::info!("{line}");
+    let (route, model) = metric_labels(url);
+    app.metrics.request(route, done.status, model);
+    if stats.is_some() {
+        app.metrics.bytes("response_to_client", done.bytes);
+    }
+}
+
+/// The route and model labels of a request target: known words only, so a
+/// hostile URL cannot grow the metrics.
+fn metric_labels(url: &str) -> (&'static str, &str) {
+    let path = url.split('?').next().unwrap_or("");
+    let mut segs = path.trim_start_matches('/').split('/');
+    let route = match segs.next().unwrap_or("") {
+        "segmentations" => "segmentations",
+        "annotations" => "annotations",
+        "predictions" => "predictions",
+        "healthz" => "healthz",
+        "readyz" => "readyz",
+        "status" => "status",
+        "metrics" => "metrics",
+        _ => "other",
+    };
+    let model = match (route, segs.next()) {
+        ("segmentations" | "annotations" | "predictions", Some(m)) if config::is_uuid(m) => m,
+        _ => "",
+    };
+    (route, model)
+}
+
+/// Counts what a relayed body has passed on.
+struct Counting<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
 }
 
 /// The request target as logged: bounded, and without anything that is not printable.

@@ -8,6 +8,7 @@ use crate::cli::Settings;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::token_store::TokenStore;
 use crate::upstream::Agents;
 
@@ -28,6 +29,10 @@ pub struct App {
     pub workers_alive: AtomicUsize,
     /// Inferences queued or running.
     pub in_flight: AtomicUsize,
+    /// Inferences waiting for a worker.
+    pub queued: AtomicUsize,
+    /// Prometheus counters.
+    pub metrics: Metrics,
     /// SIGTERM received.
     pub shutting_down: AtomicBool,
 }
@@ -45,6 +50,8 @@ impl App {
             settings,
             workers_alive: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
         }
     }

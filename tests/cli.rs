@@ -159,3 +159,37 @@ fn help_version_and_usage_errors() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown option --frobnicate"));
 }
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let d = tempdir("examples");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    std::fs::copy(root.join("servers.example.json"), d.join("servers.json")).unwrap();
+    std::fs::copy(root.join("models.example.json"), d.join("models.json")).unwrap();
+    let (code, out, err) = run(&["check-config", "--config", d.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let d = tempdir("metrics");
+    write_config(
+        &d.join("config"),
+        &json!({"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": "http://127.0.0.1:9/dicom-web"}}),
+        &json!({}),
+    );
+    let p = Proxy::start_in(&d, &[], &[]);
+    assert_eq!(p.get("/healthz").status, 200);
+    assert_eq!(p.get("/nope/x").status, 404);
+    let m = p.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    for needle in [
+        "model_proxy_requests_total{route=\"healthz\",status=\"200\",model=\"\"} 1",
+        "model_proxy_requests_total{route=\"other\",status=\"404\",model=\"\"} 1",
+        "# TYPE model_proxy_queue_depth gauge",
+        "model_proxy_workers_alive 16",
+    ] {
+        assert!(m.body.contains(needle), "missing {needle} in\n{}", m.body);
+    }
+}

@@ -1,0 +1,57 @@
+# model-proxy in a container: one static binary on an empty (scratch) image.
+#
+#   docker build -t model-proxy .
+#   docker run -d --name model-proxy -p 8002:8002 \
+#       -v "$PWD/config:/app/config:ro" \
+#       -v "$PWD/certs:/app/certs:ro" \
+#       -v model-proxy-state:/app/state \
+#       model-proxy
+#
+# Layout (WORKDIR /app, so the defaults ./config, ./certs, ./state resolve there):
+#   /app/config/servers.json, /app/config/models.json   (see config/*.example.json)
+#   /app/certs/zhiva.crt, /app/certs/zhiva.key          (scripts/make-cert.sh certs)
+#   /app/state                                          token store; must persist
+# The process runs as uid:gid 10001:10001 and has no shell. Mounted files must be
+# readable by it (the key too: e.g. chgrp 10001 zhiva.key && chmod 640 zhiva.key).
+# A named volume for /app/state starts out owned by 10001; a bind-mounted host
+# directory must be made writable for it (chown 10001:10001 DIR).
+# Settings go in ZHIVA_* environment variables (model-proxy --help), e.g.
+# -e ZHIVA_SHOW_STATUS_PAGE=true. With host networking (as the original proxy ran)
+# use --network host instead of -p.
+# On SIGTERM the proxy stops accepting and lets in-flight inferences finish within
+# its grace period (~30 s), longer than Docker's default 10 s before SIGKILL: give
+# `docker run --stop-timeout 45` (compose: stop_grace_period: 45s).
+
+ARG RUST_VERSION=1.95
+
+# ---- build: a static musl binary ----
+FROM rust:${RUST_VERSION}-slim AS build
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools file \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup target add x86_64-unknown-linux-musl
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY scripts/build-static.sh ./scripts/build-static.sh
+RUN scripts/build-static.sh
+# The runtime tree: config and certs are mount points, state is writable by 10001.
+RUN mkdir -p /out/app/config /out/app/certs /out/state \
+ && chown 10001:10001 /out/state \
+ && chmod 0700 /out/state
+
+# ---- runtime: nothing but the binary (it embeds the Mozilla CA roots) ----
+FROM scratch
+COPY --from=build /src/target/x86_64-unknown-linux-musl/release/model-proxy /usr/local/bin/model-proxy
+COPY --from=build /out/app /app
+COPY --from=build --chown=10001:10001 /out/state /app/state
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8002
+VOLUME ["/app/config", "/app/certs", "/app/state"]
+# Probes the proxy over HTTPS, trusting its own certificate (certs/zhiva.crt).
+# Running with ZHIVA_NO_TLS=true or another port? Override with --health-cmd.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/model-proxy", "healthcheck", "--url", "https://127.0.0.1:8002/healthz"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/model-proxy", "serve"]
