@@ -61,6 +61,7 @@ pub struct Multipart<R> {
     end: usize,
     /// `\r\n--boundary`.
     delim: Vec<u8>,
+    finder: memchr::memmem::Finder<'static>,
     state: State,
     in_part: bool,
     inner_eof: bool,
@@ -79,6 +80,8 @@ impl<R: Read> Multipart<R> {
             start: 0,
             end: 2,
             delim: format!("\r\n--{boundary}").into_bytes(),
+            finder: memchr::memmem::Finder::new(format!("\r\n--{boundary}").as_bytes())
+                .into_owned(),
             state: State::Content,
             in_part: false,
             inner_eof: false,
@@ -189,7 +192,7 @@ impl<R: Read> Read for Multipart<R> {
         let dl = self.delim.len();
         loop {
             let avail = &self.buf[self.start..self.end];
-            let (usable, at_delim) = match find(avail, &self.delim) {
+            let (usable, at_delim) = match self.finder.find(avail) {
                 Some(i) => (i, true),
                 // A delimiter may begin in the last dl-1 bytes: hold those back.
                 None => (avail.len().saturating_sub(dl - 1), false),

@@ -44,6 +44,9 @@ enum Step {
 /// Bytes read from the PACS per step; the encoded output is at most four times this.
 const SCRATCH: usize = 64 * 1024;
 
+/// A read hands out at least this much (or all that is left).
+const MIN_READ: usize = 16 * 1024;
+
 /// `,0` .. `,255` for every byte value, so encoding is one table lookup per byte.
 static DECIMALS: [([u8; 4], u8); 256] = {
     let mut t = [([0u8; 4], 0u8); 256];
@@ -71,17 +74,25 @@ static DECIMALS: [([u8; 4], u8); 256] = {
 
 /// Encodes DICOM bytes as comma-separated decimals; `first` drops the leading comma.
 pub fn encode_bytes(bytes: &[u8], first: bool, out: &mut Vec<u8>) {
-    let mut iter = bytes.iter();
+    let mut rest = bytes;
     if first {
-        if let Some(&b) = iter.next() {
-            let (s, len) = &DECIMALS[b as usize];
-            out.extend_from_slice(&s[1..*len as usize]);
+        if let Some((&b, tail)) = bytes.split_first() {
+            let (s, len) = DECIMALS[b as usize];
+            out.extend_from_slice(&s[1..len as usize]);
+            rest = tail;
         }
     }
-    for &b in iter {
-        let (s, len) = &DECIMALS[b as usize];
-        out.extend_from_slice(&s[..*len as usize]);
+    let start = out.len();
+    // Every entry is stored as a fixed 4-byte write and the cursor advances by its
+    // real length: one store per byte instead of a variable-length copy.
+    out.resize(start + rest.len() * 4, 0);
+    let mut pos = start;
+    for &b in rest {
+        let (s, len) = DECIMALS[b as usize];
+        out[pos..pos + 4].copy_from_slice(&s);
+        pos += len as usize;
     }
+    out.truncate(pos);
 }
 
 /// The model request body, generated on demand from PACS streams.
@@ -205,14 +216,33 @@ impl<S: Source> PayloadReader<S> {
                 let Some(mp) = self.current.as_mut() else {
                     return Err(ProxyError::internal("payload lost its PACS stream"));
                 };
-                let n = mp.read(&mut self.scratch).map_err(pacs_read_error)?;
-                if n == 0 {
+                // Fill the scratch buffer before encoding: big chunks to the model
+                // cost it (and us) far less than one per network read.
+                let mut filled = 0;
+                let mut ended = false;
+                while filled < self.scratch.len() {
+                    let n = mp
+                        .read(&mut self.scratch[filled..])
+                        .map_err(pacs_read_error)?;
+                    if n == 0 {
+                        ended = true;
+                        break;
+                    }
+                    filled += n;
+                }
+                encode_bytes(
+                    &self.scratch[..filled],
+                    first_byte && filled > 0,
+                    &mut self.out,
+                );
+                self.dicom_bytes += filled as u64;
+                if ended {
                     self.out.extend_from_slice(b"]\"");
                     self.step = Step::NextPart;
                 } else {
-                    encode_bytes(&self.scratch[..n], first_byte, &mut self.out);
-                    self.dicom_bytes += n as u64;
-                    self.step = Step::InPart { first_byte: false };
+                    self.step = Step::InPart {
+                        first_byte: first_byte && filled == 0,
+                    };
                 }
             }
             Step::GroupEnd => {
@@ -247,17 +277,22 @@ impl<S: Source> Read for PayloadReader<S> {
         if let Some(f) = &self.failure {
             return Err(io::Error::other(f.message.clone()));
         }
-        while self.out_pos == self.out.len() {
-            if self.step == Step::Finished {
-                return Ok(0);
-            }
+        if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+        }
+        // Gather the small structural pieces (`,"[`, `]"`, keys) with the data around
+        // them, so the model gets a few large chunks rather than many tiny ones.
+        while self.out.len() - self.out_pos < buf.len().min(MIN_READ) && self.step != Step::Finished
+        {
             if let Err(e) = self.advance() {
                 let msg = e.message.clone();
                 self.failure = Some(e);
                 return Err(io::Error::other(msg));
             }
+        }
+        if self.out_pos == self.out.len() {
+            return Ok(0);
         }
         let n = (self.out.len() - self.out_pos).min(buf.len());
         buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
