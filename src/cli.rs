@@ -49,6 +49,12 @@ pub struct Settings {
     pub pacs_timeout: Duration,
     /// Longest silence from a model (it may think this long before answering).
     pub model_timeout: Duration,
+    /// Longest whole exchange with a PACS (one retrieval, body included).
+    pub pacs_total_timeout: Duration,
+    /// Longest whole exchange with a model (upload, thinking, answer).
+    pub model_total_timeout: Duration,
+    /// Longest exchange with the auth service.
+    pub auth_timeout: Duration,
     /// Extra CA certificates (PEM) trusted for upstream HTTPS, e.g. the local PACS's trusted.crt.
     pub ca_file: Option<PathBuf>,
     /// How long in-flight inferences may run on after SIGTERM.
@@ -148,6 +154,24 @@ const FLAGS: &[Flag] = &[
         env: "ZHIVA_MODEL_TIMEOUT",
         value: "SECS",
         help: "longest model silence, thinking included [600]",
+    },
+    Flag {
+        name: "pacs-total-timeout",
+        env: "ZHIVA_PACS_TOTAL_TIMEOUT",
+        value: "SECS",
+        help: "longest whole PACS retrieval [1800]",
+    },
+    Flag {
+        name: "model-total-timeout",
+        env: "ZHIVA_MODEL_TOTAL_TIMEOUT",
+        value: "SECS",
+        help: "longest whole model exchange [3600]",
+    },
+    Flag {
+        name: "auth-timeout",
+        env: "ZHIVA_AUTH_TIMEOUT",
+        value: "SECS",
+        help: "longest auth service exchange [30]",
     },
     Flag {
         name: "ca-file",
@@ -288,6 +312,9 @@ fn settings(
         connect_timeout: secs("connect-timeout", 10)?,
         pacs_timeout: secs("pacs-timeout", 60)?,
         model_timeout: secs("model-timeout", 600)?,
+        pacs_total_timeout: secs("pacs-total-timeout", 1800)?,
+        model_total_timeout: secs("model-total-timeout", 3600)?,
+        auth_timeout: secs("auth-timeout", 30)?,
         ca_file: get("ca-file").map(|(_, v)| v.into()),
         grace_period: number("grace-period", 30, 0).map(Duration::from_secs)?,
         url: string("url", "http://127.0.0.1:8002/healthz"),

@@ -170,6 +170,10 @@ pub struct Model {
     pub status_uri: Option<String>,
     /// Named inputs; empty for a plain model.
     pub data_filter: Vec<DataKey>,
+    /// Extension: at most this many inferences at once on this model (`maxConcurrent`).
+    pub max_concurrent: Option<usize>,
+    /// Extension: send a Content-Length instead of a chunked body (`contentLength`).
+    pub content_length: bool,
 }
 
 /// Both files, validated.
@@ -612,6 +616,30 @@ fn parse_models(src: &Source, problems: &mut Vec<Problem>) -> BTreeMap<String, M
         };
         let supports = parse_supports(&mut e);
         let data_filter = parse_data_filter(&mut e);
+        let max_concurrent = match obj.get("maxConcurrent") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => Some(n as usize),
+                _ => {
+                    e.fail(
+                        "maxConcurrent",
+                        "`maxConcurrent` must be a whole number of at least 1".into(),
+                    );
+                    None
+                }
+            },
+        };
+        let content_length = match obj.get("contentLength") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                e.fail(
+                    "contentLength",
+                    "`contentLength` must be true or false".into(),
+                );
+                false
+            }
+        };
         if problems.len() > before {
             continue;
         }
@@ -627,6 +655,8 @@ fn parse_models(src: &Source, problems: &mut Vec<Problem>) -> BTreeMap<String, M
                 supports,
                 status_uri,
                 data_filter,
+                max_concurrent,
+                content_length,
             },
         );
     }

@@ -12,6 +12,9 @@ use crate::plan;
 use crate::routing::InferenceRequest;
 use crate::state::App;
 
+/// How long a request waits for a slot on a model with `maxConcurrent`.
+const SLOT_WAIT: Duration = Duration::from_secs(120);
+
 /// The model's answer, ready to stream back to the viewer.
 pub struct Relay {
     /// The model's HTTP status.
@@ -43,16 +46,20 @@ pub struct Stats {
 pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Relay, ProxyError> {
     let config = app.config();
     let plan = plan::make(&config, req, body)?;
+    // Wait for the model's turn before touching the PACS.
+    let _slot = app.slots.take(&plan.model, SLOT_WAIT)?;
     let started = Instant::now();
     let source = PacsSource {
         agent: &app.agents.pacs,
         auth: &app.auth,
+        opened: false,
         server: &plan.server,
     };
     let mut payload = PayloadReader::new(source, plan.groups.clone(), plan.keyed);
     payload.prime()?;
     let pacs_ms = started.elapsed().as_millis() as u64;
-    let posted = model::post(&app.agents.model, &plan.model, &mut payload);
+    let spool = app.settings.state_dir.join("spool");
+    let posted = model::post(&app.agents.model, &plan.model, &mut payload, &spool);
     // A PACS failure mid-stream surfaces at the model as a broken body: report the cause.
     if let Some(failure) = payload.failure.take() {
         return Err(failure);

@@ -22,6 +22,23 @@ impl fmt::Display for MalformedMultipart {
 
 impl std::error::Error for MalformedMultipart {}
 
+/// The body stopped early: the sender went away mid-stream (a close-delimited
+/// body, as Orthanc sends, ends without an error when the PACS stops).
+#[derive(Debug)]
+pub struct Truncated(pub String);
+
+impl fmt::Display for Truncated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "truncated multipart body: {}", self.0)
+    }
+}
+
+impl std::error::Error for Truncated {}
+
+fn truncated(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, Truncated(msg.into()))
+}
+
 fn malformed(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, MalformedMultipart(msg.into()))
 }
@@ -121,7 +138,7 @@ impl<R: Read> Multipart<R> {
                 return Err(malformed("part headers larger than the buffer"));
             }
             if !self.fill_more()? {
-                return Err(malformed("body ends inside part headers"));
+                return Err(truncated("body ends inside part headers"));
             }
         };
         let after = self.start + dl;
@@ -147,7 +164,7 @@ impl<R: Read> Multipart<R> {
     fn fill_at_least(&mut self, n: usize) -> io::Result<()> {
         while self.end - self.start < n {
             if !self.fill_more()? {
-                return Err(malformed("body ends before its close delimiter"));
+                return Err(truncated("body ends before its close delimiter"));
             }
         }
         Ok(())
@@ -214,11 +231,11 @@ impl<R: Read> Read for Multipart<R> {
                 return Ok(0);
             }
             if !self.fill_more()? {
-                return Err(malformed(if self.in_part {
-                    "body ends inside a part"
+                return Err(if self.in_part {
+                    truncated("body ends inside a part")
                 } else {
-                    "no boundary delimiter found"
-                }));
+                    malformed("no boundary delimiter found")
+                });
             }
         }
     }
@@ -306,7 +323,7 @@ mod tests {
         let data = body(&[b"hello world"], "b");
         let cut = &data[..data.len() - 12];
         let err = parts_of(cut, "b", 4).unwrap_err();
-        assert!(err.get_ref().unwrap().is::<MalformedMultipart>());
+        assert!(err.get_ref().unwrap().is::<Truncated>());
         assert!(parts_of(b"no delimiter at all", "b", 3).is_err());
     }
 

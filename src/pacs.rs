@@ -1,5 +1,7 @@
 //! The PACS client: WADO-RS retrievals, checked and handed out as multipart streams.
 
+use std::time::Duration;
+
 use ureq::{Agent, BodyReader};
 
 use crate::auth::Auth;
@@ -11,30 +13,58 @@ use crate::payload::Source;
 /// The Accept header of a WADO-RS retrieve of DICOM files.
 pub const ACCEPT_DICOM: &str = "multipart/related; type=\"application/dicom\"";
 
+/// Pauses before retrying a failed PACS read that is safe to repeat.
+const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
+
 /// Starts a WADO-RS retrieval of `path` (e.g. `/studies/1.2/series/1.3`) on `server`.
-/// A token the PACS refuses is refreshed and the request retried once.
+/// A token the PACS refuses is refreshed and the request retried once. With
+/// `retry`, a connection failure or a 502/503/504 is retried with backoff: only
+/// safe before any byte has gone to the model, so the caller decides.
 pub fn retrieve(
     agent: &Agent,
     auth: &Auth,
     server: &Server,
     path: &str,
+    retry: bool,
 ) -> Result<Multipart<BodyReader<'static>>, ProxyError> {
     let url = format!("{}{}", server.uri, path);
     let uses_tokens = matches!(server.auth, AuthType::Token | AuthType::Zhiva);
-    let mut attempt = 0;
+    let mut refreshed = false;
+    let mut pauses = BACKOFF.iter().filter(|_| retry);
     let (resp, status) = loop {
-        attempt += 1;
         let header = auth.header(server)?;
         let mut req = agent.get(&url).header("Accept", ACCEPT_DICOM);
         if let Some(h) = &header {
             req = req.header("Authorization", h);
         }
-        let resp = req
-            .call()
-            .map_err(|e| error::from_ureq(Upstream::Pacs, &e))?;
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(e) => {
+                let err = error::from_ureq(Upstream::Pacs, &e);
+                // A timeout is not retried: it would multiply the wait.
+                match pauses.next() {
+                    Some(p) if err.code == "pacs_unreachable" => {
+                        log::info!("server {}: {}; retrying", server.id, err.message);
+                        std::thread::sleep(*p);
+                        continue;
+                    }
+                    _ => return Err(err),
+                }
+            }
+        };
         let status = resp.status().as_u16();
         match (status, header) {
-            (401 | 403, Some(h)) if uses_tokens && attempt == 1 => auth.rejected(server, &h),
+            (401 | 403, Some(h)) if uses_tokens && !refreshed => {
+                refreshed = true;
+                auth.rejected(server, &h);
+            }
+            (502..=504, _) => match pauses.next() {
+                Some(p) => {
+                    log::info!("server {}: HTTP {status}; retrying", server.id);
+                    std::thread::sleep(*p);
+                }
+                None => break (resp, status),
+            },
             _ => break (resp, status),
         }
     };
@@ -95,6 +125,8 @@ pub struct PacsSource<'a> {
     pub agent: &'a Agent,
     /// Credentials.
     pub auth: &'a Auth,
+    /// Whether a retrieval has been started (later ones are not retried).
+    pub opened: bool,
     /// The server to read.
     pub server: &'a Server,
 }
@@ -103,6 +135,9 @@ impl Source for PacsSource<'_> {
     type Body = BodyReader<'static>;
 
     fn open(&mut self, path: &str) -> Result<Multipart<Self::Body>, ProxyError> {
-        retrieve(self.agent, self.auth, self.server, path)
+        // Only the first retrieval comes before any byte has gone to the model.
+        let retry = !self.opened;
+        self.opened = true;
+        retrieve(self.agent, self.auth, self.server, path, retry)
     }
 }

@@ -218,6 +218,8 @@ mod tests {
             supports: vec![Level::Series],
             status_uri: None,
             data_filter: vec![],
+            max_concurrent: None,
+            content_length: false,
         };
         let filtered = Model {
             id: F.into(),

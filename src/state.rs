@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::model::Slots;
 use crate::token_store::TokenStore;
 use crate::upstream::Agents;
 
@@ -33,6 +34,8 @@ pub struct App {
     pub queued: AtomicUsize,
     /// Prometheus counters.
     pub metrics: Metrics,
+    /// Per-model concurrency limits.
+    pub slots: Slots,
     /// SIGTERM received.
     pub shutting_down: AtomicBool,
 }
@@ -52,6 +55,7 @@ impl App {
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             metrics: Metrics::default(),
+            slots: Slots::default(),
             shutting_down: AtomicBool::new(false),
         }
     }

@@ -27,6 +27,7 @@ impl Agents {
         let pacs = base(s.connect_timeout)
             .timeout_recv_response(Some(s.pacs_timeout))
             .timeout_per_read(Some(s.pacs_timeout))
+            .timeout_global(Some(s.pacs_total_timeout))
             .build();
         let model = base(s.connect_timeout)
             // The model reads its body as we write it; a model that stops reading is stuck.
@@ -34,13 +35,14 @@ impl Agents {
             // Then it thinks: for minutes, by default.
             .timeout_recv_response(Some(s.model_timeout))
             .timeout_per_read(Some(s.model_timeout))
+            .timeout_global(Some(s.model_total_timeout))
             .build();
         let short = Duration::from_secs(5);
         let probe = base(s.connect_timeout.min(short))
             .timeout_global(Some(short))
             .build();
         let auth = base(s.connect_timeout)
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(s.auth_timeout))
             .build();
         let agent = |c| trust::agent(c, tls.clone());
         Ok(Agents {

@@ -1,0 +1,207 @@
+//! Faults: upstreams that die, hang or talk nonsense. Each must give a clear error,
+//! free its worker, and leave the proxy serving the next request without a restart.
+//! The proxy runs with a single worker, so a worker left stuck would show at once.
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+
+const CUT: &str = "c2407f18-575d-487c-bc0c-640c6da651bc";
+const GARBAGE: &str = "d2407f18-575d-487c-bc0c-640c6da651bc";
+const FLAKY: &str = "e2407f18-575d-487c-bc0c-640c6da651bc";
+const CLOSE: &str = "9d9508dd-9089-40c3-abdd-15f47120d682";
+const HANG: &str = "ad9508dd-9089-40c3-abdd-15f47120d682";
+
+struct Faults {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn faults() -> Faults {
+    let e = env();
+    let upstream = e.pacs_a.trim_end_matches("/dicom-web").to_string();
+    let mut child = Command::new("python3")
+        .arg(fixtures().join("faults.py"))
+        .args(["--watch-parent", "--upstream", &upstream])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("faults.py");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = serde_json::from_str::<Value>(&line).unwrap()["port"]
+        .as_u64()
+        .unwrap();
+    Faults {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+fn proxy(f: &Faults, name: &str) -> Proxy {
+    let e = env();
+    let dir = tempdir(name);
+    let mut servers = servers_json(e);
+    servers[CUT] = json!({"uri": format!("{}/cut/20000/dicom-web", f.url)});
+    servers[GARBAGE] = json!({"uri": format!("{}/garbage/dicom-web", f.url)});
+    servers[FLAKY] = json!({"uri": format!("{}/flaky/dicom-web", f.url)});
+    let mut models = models_json(e);
+    models[CLOSE] = json!({"uri": format!("{}/model/close", f.url), "task": "segmentation", "supports": ["/studies/series"]});
+    models[HANG] = json!({"uri": format!("{}/model/hang", f.url), "task": "segmentation", "supports": ["/studies/series"]});
+    write_config(&dir.join("config"), &servers, &models);
+    Proxy::start_in(
+        &dir,
+        &["--workers", "1", "--queue", "1", "--model-timeout", "2"],
+        &[],
+    )
+}
+
+/// The next request works, and nothing is left queued or running.
+fn assert_recovered(p: &Proxy) {
+    let e = env();
+    let (se, instances) = &e.study_a.series[0];
+    let r = p.get(&format!(
+        "/segmentations/{SEG}/studies/{}/series/{se}",
+        e.study_a.uid
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()[&e.study_a.uid][se].as_object().unwrap().len(),
+        instances.len() + 1
+    );
+    let m = p.get("/metrics").body;
+    assert!(m.contains("model_proxy_in_flight 0"), "{m}");
+    assert!(m.contains("model_proxy_queue_depth 0"), "{m}");
+    assert!(m.contains("model_proxy_workers_alive 1"), "{m}");
+}
+
+fn series_url(model: &str, server: Option<&str>) -> String {
+    let e = env();
+    let (se, _) = &e.study_a.series[0];
+    let q = server.map(|s| format!("?server={s}")).unwrap_or_default();
+    format!(
+        "/segmentations/{model}/studies/{}/series/{se}{q}",
+        e.study_a.uid
+    )
+}
+
+#[test]
+fn pacs_stopping_mid_stream_is_502_and_frees_the_worker() {
+    let _m = model_lock();
+    let f = faults();
+    let p = proxy(&f, "fault-cut");
+    let r = p.get(&series_url(SEG, Some(CUT)));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "pacs_unreachable"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("mid-stream"), "{}", r.body);
+    assert_recovered(&p);
+}
+
+#[test]
+fn malformed_multipart_is_502() {
+    let _m = model_lock();
+    let f = faults();
+    let p = proxy(&f, "fault-garbage");
+    let r = p.get(&series_url(SEG, Some(GARBAGE)));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "pacs_bad_response"),
+        "{}",
+        r.body
+    );
+    assert_recovered(&p);
+}
+
+#[test]
+fn model_closing_mid_body_is_502() {
+    let _m = model_lock();
+    let f = faults();
+    let p = proxy(&f, "fault-close");
+    let r = p.get(&series_url(CLOSE, None));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "model_unreachable"),
+        "{}",
+        r.body
+    );
+    assert_recovered(&p);
+}
+
+#[test]
+fn hung_model_is_504_at_the_timeout() {
+    let _m = model_lock();
+    let f = faults();
+    let p = proxy(&f, "fault-hang");
+    let started = std::time::Instant::now();
+    let r = p.get(&series_url(HANG, None));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (504, "model_timeout"),
+        "{}",
+        r.body
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_recovered(&p);
+}
+
+#[test]
+fn content_length_models_and_concurrency_limits() {
+    let _m = model_lock();
+    let e = env();
+    let dir = tempdir("fault-cl");
+    let mut models = models_json(e);
+    models[SEG]["contentLength"] = json!(true);
+    models[SLOW]["maxConcurrent"] = json!(1);
+    write_config(&dir.join("config"), &servers_json(e), &models);
+    let p = Proxy::start_in(&dir, &[], &[]);
+    let r = p.get(&series_url(SEG, None));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = model_last();
+    assert_eq!(last["chunked"], false);
+    assert!(last["contentLength"].as_u64().unwrap() > 1000, "{last}");
+    // The spool leaves nothing behind.
+    let spool = dir.join("state/spool");
+    assert_eq!(std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0), 0);
+    // Two requests on a model limited to one at a time: the second waits its turn.
+    let url = format!("{}{}", p.url, series_url(SLOW, None));
+    let started = std::time::Instant::now();
+    let a = {
+        let u = url.clone();
+        std::thread::spawn(move || get(&u).status)
+    };
+    let b = {
+        let u = url.clone();
+        std::thread::spawn(move || get(&u).status)
+    };
+    assert_eq!((a.join().unwrap(), b.join().unwrap()), (200, 200));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(6),
+        "the two ran at once"
+    );
+}
+
+#[test]
+fn a_pacs_hiccup_before_any_byte_went_to_the_model_is_retried() {
+    let _m = model_lock();
+    let f = faults();
+    let p = proxy(&f, "fault-flaky");
+    let r = p.get(&series_url(SEG, Some(FLAKY)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(p.logs().contains("HTTP 503; retrying"), "{}", p.logs());
+}
