@@ -322,17 +322,9 @@ fn https_auth_service_with_an_extra_ca_file() {
         ],
     );
     assert!(a.url.starts_with("https://"));
-    let a_url = a.url.replace("127.0.0.1", "localhost");
-    let server = |a_url: &str| {
-        json!({Z: {
-            "uri": format!("{a_url}/zhiva/pacs"), "authType": "zhivaAuth", "login": USER, "password": PASSWORD,
-            "signInServer": format!("{a_url}/auth/sign-user"),
-            "signInTokenServer": format!("{a_url}/auth/generate-access-token"),
-            "refreshServer": format!("{a_url}/auth/refresh-token"),
-        }})
-    };
+    let server = || json!({Z: zhiva(&a, PASSWORD)});
     // Without the CA file the self-signed certificate is not trusted: no silent "accept anything".
-    let p = start(&dir, server(&a_url), &[]);
+    let p = start(&dir, server(), &[]);
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
     assert_eq!(
         (r.status, r.code().as_str()),
@@ -342,11 +334,7 @@ fn https_auth_service_with_an_extra_ca_file() {
     );
     drop(p);
     let trusted = dir.join("certs/trusted.crt");
-    let p = start(
-        &dir,
-        server(&a_url),
-        &["--ca-file", trusted.to_str().unwrap()],
-    );
+    let p = start(&dir, server(), &["--ca-file", trusted.to_str().unwrap()]);
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -379,14 +367,11 @@ fn local_pacs_certificate_made_the_docs_way_is_trusted_through_the_ca_file() {
             key.to_str().unwrap(),
         ],
     );
-    let a_url = a.url.replace("127.0.0.1", "localhost");
-    let server = json!({Z: {
-        "uri": format!("{a_url}/zhiva/pacs"), "authType": "zhivaAuth", "login": USER, "password": PASSWORD,
-        "signInServer": format!("{a_url}/auth/sign-user"),
-        "signInTokenServer": format!("{a_url}/auth/generate-access-token"),
-        "refreshServer": format!("{a_url}/auth/refresh-token"),
-    }});
-    let p = start(&dir, server, &["--ca-file", cert.to_str().unwrap()]);
+    let p = start(
+        &dir,
+        json!({Z: zhiva(&a, PASSWORD)}),
+        &["--ca-file", cert.to_str().unwrap()],
+    );
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
     assert_eq!(r.status, 200, "{}", r.body);
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use common::*;
 use serde_json::{json, Value};
@@ -23,17 +23,15 @@ struct Faults {
 
 impl Drop for Faults {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
 fn faults() -> Faults {
     let e = env();
     let upstream = e.pacs_a.trim_end_matches("/dicom-web").to_string();
-    let mut child = Command::new("python3")
-        .arg(fixtures().join("faults.py"))
-        .args(["--watch-parent", "--upstream", &upstream])
+    let mut child = supervised("faults.py")
+        .args(["--upstream", &upstream])
         .stdout(Stdio::piped())
         .spawn()
         .expect("faults.py");

@@ -140,6 +140,24 @@ fn generate(dir: &Path, series: usize, slices: usize, seed: u32) -> Study {
     }
 }
 
+/// A Python fixture under supervise.py, which stops it when this test binary goes away.
+pub fn supervised(script: &str) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(fixtures().join("supervise.py"))
+        .arg("python3")
+        .arg(fixtures().join(script));
+    c
+}
+
+/// Stops a supervised process: SIGTERM to the supervisor, which passes it on
+/// (a SIGKILL would orphan the fixture under it).
+pub fn stop(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+}
+
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     let f = std::fs::File::create(log).expect("log file");
     let f2 = f.try_clone().expect("log file");
@@ -149,21 +167,17 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
 
 fn start_orthanc(dir: &Path, port: u16, basic: Option<&str>, data: &Path) -> String {
     let script = fixtures().join("orthanc.py");
-    let mut args = vec![
-        script.to_str().unwrap().to_string(),
-        "run".into(),
-        "--watch-parent".into(),
-        "--dir".into(),
-        dir.to_str().unwrap().into(),
-        "--http-port".into(),
-        port.to_string(),
-    ];
+    let mut c = supervised("orthanc.py");
+    c.args([
+        "run",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--http-port",
+        &port.to_string(),
+    ]);
     if let Some(b) = basic {
-        args.push("--basic-auth".into());
-        args.push(b.into());
+        c.args(["--basic-auth", b]);
     }
-    let mut c = Command::new("python3");
-    c.args(&args);
     // The child is not waited for: it lives as long as this test binary.
     std::mem::forget(spawn_logged(c, &dir.with_extension("log")));
     let url = format!("http://127.0.0.1:{port}");
@@ -203,14 +217,8 @@ pub fn env() -> &'static Env {
             &dir.join("data-b"),
         );
         let mport = free_port();
-        let script = fixtures().join("model_api.py");
-        let mut c = Command::new("python3");
-        c.args([
-            script.to_str().unwrap(),
-            "--watch-parent",
-            "--port",
-            &mport.to_string(),
-        ]);
+        let mut c = supervised("model_api.py");
+        c.args(["--port", &mport.to_string()]);
         std::mem::forget(spawn_logged(c, &dir.join("model.log")));
         let model = format!("http://127.0.0.1:{mport}");
         wait_for(&format!("{model}/"), Duration::from_secs(60));
@@ -472,12 +480,7 @@ impl Proxy {
 impl Proxy {
     /// Stops the proxy (SIGTERM to the supervisor, which passes it on).
     pub fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .arg(self.child.id().to_string())
-                .status();
-            let _ = self.child.wait();
-        }
+        stop(&mut self.child);
     }
 }
 
@@ -536,16 +539,8 @@ impl AuthService {
         let dir = tempdir(&format!("authsvc-{name}"));
         let log = dir.join("auth.log");
         let upstream = e.pacs_a.trim_end_matches("/dicom-web").to_string();
-        let mut cmd = Command::new("python3");
-        cmd.arg(fixtures().join("auth_service.py"))
-            .args([
-                "run",
-                "--watch-parent",
-                "--port",
-                "0",
-                "--pacs-upstream",
-                &upstream,
-            ])
+        let mut cmd = supervised("auth_service.py");
+        cmd.args(["run", "--port", "0", "--pacs-upstream", &upstream])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
@@ -583,13 +578,15 @@ impl AuthService {
     }
 
     /// A servers.json entry for the gateway.
+    /// Addressed by name, as certificates are issued for `localhost`.
     pub fn server(&self, auth: Value) -> Value {
+        let url = self.url.replace("127.0.0.1", "localhost");
         let mut s = json!({
-            "uri": format!("{}/zhiva/pacs", self.url),
-            "statusUri": format!("{}/zhiva/pacs/studies", self.url),
-            "signInServer": format!("{}/auth/sign-user", self.url),
-            "signInTokenServer": format!("{}/auth/generate-access-token", self.url),
-            "refreshServer": format!("{}/auth/refresh-token", self.url),
+            "uri": format!("{url}/zhiva/pacs"),
+            "statusUri": format!("{url}/zhiva/pacs/studies"),
+            "signInServer": format!("{url}/auth/sign-user"),
+            "signInTokenServer": format!("{url}/auth/generate-access-token"),
+            "refreshServer": format!("{url}/auth/refresh-token"),
         });
         for (k, v) in auth.as_object().unwrap() {
             s[k] = v.clone();
@@ -600,7 +597,6 @@ impl AuthService {
 
 impl Drop for AuthService {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
