@@ -9,8 +9,6 @@ pub enum Upstream {
     Pacs,
     /// The model API.
     Model,
-    /// The auth service that issues PACS tokens.
-    Auth,
 }
 
 impl Upstream {
@@ -19,7 +17,6 @@ impl Upstream {
         match self {
             Upstream::Pacs => "pacs",
             Upstream::Model => "model",
-            Upstream::Auth => "auth",
         }
     }
 }
@@ -71,7 +68,6 @@ impl ProxyError {
         let code = match upstream {
             Upstream::Pacs => "pacs_error",
             Upstream::Model => "model_error",
-            Upstream::Auth => "pacs_auth_failed",
         };
         let mut msg = format!("the {} answered HTTP {status}", upstream.name());
         if !detail.is_empty() {
@@ -90,7 +86,6 @@ impl ProxyError {
             (Upstream::Pacs, false) => (502, "pacs_unreachable"),
             (Upstream::Model, true) => (504, "model_timeout"),
             (Upstream::Model, false) => (502, "model_unreachable"),
-            (Upstream::Auth, _) => (502, "pacs_auth_failed"),
         };
         let what = if timed_out {
             "timed out"
@@ -133,7 +128,8 @@ impl std::error::Error for ProxyError {}
 /// Classifies a ureq error against the upstream it came from.
 pub fn from_ureq(upstream: Upstream, err: &ureq::Error) -> ProxyError {
     let timed_out = is_timeout_ureq(err);
-    ProxyError::upstream_transport(upstream, timed_out, &describe_ureq(err))
+    // ureq's messages carry no credentials: those travel in headers, never in our URLs.
+    ProxyError::upstream_transport(upstream, timed_out, &err.to_string())
 }
 
 /// Classifies an I/O error met while reading an upstream body.
@@ -156,11 +152,6 @@ fn is_timeout_ureq(err: &ureq::Error) -> bool {
         }
         _ => false,
     }
-}
-
-fn describe_ureq(err: &ureq::Error) -> String {
-    // ureq's messages carry no credentials (they are in headers, never in the URL we build).
-    err.to_string()
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
     };
     let mut payload = PayloadReader::new(source, plan.groups.clone(), plan.keyed);
     payload.prime()?;
-    let pacs_ms = started.elapsed().as_millis() as u64;
+    let pacs_took = started.elapsed();
     let spool = app.settings.state_dir.join("spool");
     let posted = model::post(&app.agents.model, &plan.model, &mut payload, &spool);
     // A PACS failure mid-stream surfaces at the model as a broken body: report the cause.
@@ -66,19 +66,15 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
     }
     app.metrics.bytes("dicom_from_pacs", payload.dicom_bytes);
     app.metrics.bytes("payload_to_model", payload.sent);
-    app.metrics
-        .upstream("pacs", &plan.server.id, Duration::from_millis(pacs_ms));
+    app.metrics.upstream("pacs", &plan.server.id, pacs_took);
     let resp = posted?;
-    app.metrics.upstream(
-        "model",
-        &plan.model.id,
-        started.elapsed() - Duration::from_millis(pacs_ms),
-    );
+    let model_took = started.elapsed().saturating_sub(pacs_took);
+    app.metrics.upstream("model", &plan.model.id, model_took);
     let stats = Stats {
         instances: payload.instances,
         dicom_bytes: payload.dicom_bytes,
-        pacs_ms,
-        model_ms: started.elapsed().as_millis() as u64 - pacs_ms,
+        pacs_ms: pacs_took.as_millis() as u64,
+        model_ms: model_took.as_millis() as u64,
     };
     let header = |name: &str| {
         resp.headers()

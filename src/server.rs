@@ -372,7 +372,11 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
                 tokens: app.auth.counters(),
             }),
         ),
-        Route::Inference(_) => unreachable_inference(),
+        // Inferences go to the workers; the dispatcher never sends one here.
+        Route::Inference(_) => {
+            let e = ProxyError::internal("an inference was misrouted");
+            return reply_error(app, rq, &e, started);
+        }
     };
     let mut headers = cors(app, &rq);
     headers.push(("Content-Type", content_type));
@@ -393,15 +397,6 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
         code: None,
     };
     finish(app, &m, &u, &done, None);
-}
-
-/// Inferences go to workers; the dispatcher never calls this arm.
-fn unreachable_inference() -> (u16, String, String) {
-    (
-        500,
-        "application/json".into(),
-        ProxyError::internal("misrouted").to_json(),
-    )
 }
 
 fn reply_error(app: &App, rq: Request, e: &ProxyError, started: Instant) {
