@@ -162,6 +162,9 @@ impl<R: Read> Multipart<R> {
 
     /// Ensures `n` bytes are buffered from `start`, or fails as truncated.
     fn fill_at_least(&mut self, n: usize) -> io::Result<()> {
+        if n > self.buf.len() {
+            return Err(malformed("boundary longer than the parser's buffer"));
+        }
         while self.end - self.start < n {
             if !self.fill_more()? {
                 return Err(truncated("body ends before its close delimiter"));
@@ -229,6 +232,11 @@ impl<R: Read> Read for Multipart<R> {
                 self.state = State::AtDelimiter;
                 self.in_part = false;
                 return Ok(0);
+            }
+            if self.end - self.start == self.buf.len() {
+                // A full buffer that may all be the start of a delimiter: only a
+                // boundary as long as the buffer can do that (boundary() caps it far lower).
+                return Err(malformed("boundary longer than the parser's buffer"));
             }
             if !self.fill_more()? {
                 return Err(if self.in_part {
@@ -339,6 +347,13 @@ mod tests {
         );
         assert_eq!(boundary("application/json"), None);
         assert_eq!(boundary("multipart/related"), None);
+    }
+
+    #[test]
+    fn a_huge_boundary_is_an_error_not_a_hang() {
+        let b = "x".repeat(BUF_SIZE + 10);
+        let data = vec![b'a'; BUF_SIZE * 2];
+        assert!(parts_of(&data, &b, 100_000).is_err());
     }
 
     #[test]
