@@ -375,3 +375,40 @@ fn local_pacs_certificate_made_the_docs_way_is_trusted_through_the_ca_file() {
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[test]
+fn the_real_services_status_codes_work_too() {
+    // `--zhiva-quirks`: the real gateway answers 403 for a dead access token, the
+    // real auth service 500 for an expired token and 400 for a wrong login.
+    let _m = model_lock();
+    let a = AuthService::start("quirks", &["--zhiva-quirks", "--access-ttl", "3"]);
+    let dir = tempdir("auth-quirks");
+    let p = start(&dir, json!({Z: zhiva(&a, PASSWORD)}), &[]);
+    let url = format!("{}{}", p.url, series_url(&p, Z));
+    assert_eq!(get(&url).status, 200);
+    a.control("revoke-access-tokens", json!({}));
+    let r = get(&url);
+    assert_eq!(
+        r.status, 200,
+        "a 403 from the gateway is refreshed and retried: {}",
+        r.body
+    );
+    a.control("revoke-refresh-tokens", json!({}));
+    a.control("revoke-access-tokens", json!({}));
+    assert_eq!(
+        get(&url).status,
+        200,
+        "a refused refresh falls back to signing in"
+    );
+    drop(p);
+    let dir = tempdir("auth-quirks-wrong");
+    let p = start(&dir, json!({Z: zhiva(&a, "wrong-password")}), &[]);
+    let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "pacs_auth_failed"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("login and password"), "{}", r.body);
+}
