@@ -112,20 +112,7 @@ fn zhiva_auth_signs_in_once_under_concurrency_and_refreshes_silently() {
     a.control("revoke-access-tokens", json!({}));
     assert_eq!(get(&url).status, 200);
     assert_eq!(a.stats()["sign_in"], 2);
-    let status = request(
-        "GET",
-        &format!("{}/status", p.url),
-        &[("Accept", "application/json")],
-        None,
-    )
-    .json();
-    let z = status["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == Z)
-        .unwrap()
-        .clone();
+    let z = p.status_entry("servers", Z);
     assert_eq!(z["auth"]["state"], "ok", "{z}");
     assert_eq!(z["auth"]["hasRefreshToken"], true);
     assert_no_secrets(&p, &dir, &[]);
@@ -186,20 +173,7 @@ fn token_mode_survives_restarts_and_a_new_token_wins() {
         r.body
     );
     assert!(r.body.contains("mint a new auth token"), "{}", r.body);
-    let status = request(
-        "GET",
-        &format!("{}/status", p4.url),
-        &[("Accept", "application/json")],
-        None,
-    )
-    .json();
-    let z = status["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == Z)
-        .unwrap()
-        .clone();
+    let z = p4.status_entry("servers", Z);
     assert_eq!(z["auth"]["state"], "failing", "{z}");
     assert!(z["auth"]["action"].as_str().unwrap().contains("authToken"));
     assert_no_secrets(&p4, &dir, &[&minted, &fresh]);
@@ -271,20 +245,7 @@ fn auth_service_down_and_back() {
         r.body
     );
     assert!(r.body.contains("unavailable"), "{}", r.body);
-    let status = request(
-        "GET",
-        &format!("{}/status", p.url),
-        &[("Accept", "application/json")],
-        None,
-    )
-    .json();
-    let z = status["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == Z)
-        .unwrap()
-        .clone();
+    let z = p.status_entry("servers", Z);
     assert_eq!(z["auth"]["state"], "failing", "{z}");
     a.control("up", json!({}));
     // The background thread retries with backoff; soon requests work again.

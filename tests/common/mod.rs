@@ -475,6 +475,21 @@ impl Proxy {
     pub fn get(&self, path: &str) -> Resp {
         get(&format!("{}{path}", self.url))
     }
+
+    /// The status page's JSON entry for a server or model (`kind`: "servers" or "models").
+    pub fn status_entry(&self, kind: &str, id: &str) -> Value {
+        let status = request(
+            "GET",
+            &format!("{}/status", self.url),
+            &[("Accept", "application/json")],
+            None,
+        )
+        .json();
+        status[kind]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == id).cloned())
+            .unwrap_or_else(|| panic!("{id} is not on the status page: {status}"))
+    }
 }
 
 impl Proxy {
