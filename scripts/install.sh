@@ -34,6 +34,18 @@ say() { echo "install: $*"; }
 warn() { echo "install: warning: $*" >&2; }
 die() { echo "install: error: $*" >&2; exit 1; }
 
+# Installs SRC as DST (root-owned, MODE) unless it is already identical; sets changed=1 if it was not.
+install_file() {
+    local src=$1 dst=$2 mode=$3 what=$4
+    if [ -f "$dst" ] && cmp -s "$src" "$dst"; then
+        say "$dst is up to date$what"
+    else
+        install -D -m "$mode" -o root -g root "$src" "$dst"
+        say "installed $dst$what"
+        changed=1
+    fi
+}
+
 usage() {
     sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
 }
@@ -81,13 +93,7 @@ install_all() {
 
     # The binary. install(1) replaces the file rather than writing into it, so a
     # running service keeps its old copy until it restarts.
-    if [ -f "$bin_dst" ] && cmp -s "$src" "$bin_dst"; then
-        say "$bin_dst is up to date ($version)"
-    else
-        install -D -m 0755 -o root -g root "$src" "$bin_dst"
-        say "installed $bin_dst ($version)"
-        changed=1
-    fi
+    install_file "$src" "$bin_dst" 0755 " ($version)"
 
     # The system user.
     if ! getent group "$name" >/dev/null; then
@@ -152,13 +158,7 @@ install_all() {
     install -d -m 0700 -o "$name" -g "$name" "$state"
 
     # The unit.
-    if [ -f "$unit_dst" ] && cmp -s "$unit_src" "$unit_dst"; then
-        say "$unit_dst is up to date"
-    else
-        install -D -m 0644 -o root -g root "$unit_src" "$unit_dst"
-        say "installed $unit_dst"
-        changed=1
-    fi
+    install_file "$unit_src" "$unit_dst" 0644 ""
 
     # Config check, as the service user sees it.
     local config_ok=1

@@ -166,12 +166,7 @@ fn token_mode_survives_restarts_and_a_new_token_wins() {
     a.control("revoke-access-tokens", json!({}));
     let p4 = start(&dir, cfg(&fresh), &["--status-page"]);
     let r = get(&url(&p4));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_auth_failed"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_auth_failed");
     assert!(r.body.contains("mint a new auth token"), "{}", r.body);
     let z = p4.status_entry("servers", Z);
     assert_eq!(z["auth"]["state"], "failing", "{z}");
@@ -189,12 +184,7 @@ fn wrong_password_is_pacs_auth_failed() {
         &["--status-page"],
     );
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_auth_failed"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_auth_failed");
     assert!(r.body.contains("login and password"), "{}", r.body);
     // Requests during the backoff fail fast without hammering the auth service.
     let before = a.stats()["sign_in"].as_u64().unwrap();
@@ -238,12 +228,7 @@ fn auth_service_down_and_back() {
     a.control("down", json!({}));
     thread::sleep(Duration::from_secs(4)); // the access token expires; refreshes fail
     let r = get(&url);
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_auth_failed"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_auth_failed");
     assert!(r.body.contains("unavailable"), "{}", r.body);
     let z = p.status_entry("servers", Z);
     assert_eq!(z["auth"]["state"], "failing", "{z}");
@@ -287,12 +272,7 @@ fn https_auth_service_with_an_extra_ca_file() {
     // Without the CA file the self-signed certificate is not trusted: no silent "accept anything".
     let p = start(&dir, server(), &[]);
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_auth_failed"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_auth_failed");
     drop(p);
     let trusted = dir.join("certs/trusted.crt");
     let p = start(&dir, server(), &["--ca-file", trusted.to_str().unwrap()]);
@@ -365,11 +345,6 @@ fn the_real_services_status_codes_work_too() {
     let dir = tempdir("auth-quirks-wrong");
     let p = start(&dir, json!({Z: zhiva(&a, "wrong-password")}), &[]);
     let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_auth_failed"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_auth_failed");
     assert!(r.body.contains("login and password"), "{}", r.body);
 }

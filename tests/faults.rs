@@ -101,12 +101,7 @@ fn pacs_stopping_mid_stream_is_502_and_frees_the_worker() {
     let f = faults();
     let p = proxy(&f, "fault-cut");
     let r = p.get(&series_url(SEG, Some(CUT)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_unreachable"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_unreachable");
     assert!(r.body.contains("mid-stream"), "{}", r.body);
     assert_recovered(&p);
 }
@@ -117,12 +112,7 @@ fn malformed_multipart_is_502() {
     let f = faults();
     let p = proxy(&f, "fault-garbage");
     let r = p.get(&series_url(SEG, Some(GARBAGE)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_bad_response"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_bad_response");
     assert_recovered(&p);
 }
 
@@ -132,12 +122,7 @@ fn model_closing_mid_body_is_502() {
     let f = faults();
     let p = proxy(&f, "fault-close");
     let r = p.get(&series_url(CLOSE, None));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "model_unreachable"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "model_unreachable");
     assert_recovered(&p);
 }
 
@@ -148,12 +133,7 @@ fn hung_model_is_504_at_the_timeout() {
     let p = proxy(&f, "fault-hang");
     let started = std::time::Instant::now();
     let r = p.get(&series_url(HANG, None));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (504, "model_timeout"),
-        "{}",
-        r.body
-    );
+    r.assert_error(504, "model_timeout");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert_recovered(&p);
 }

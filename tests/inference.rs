@@ -103,23 +103,13 @@ fn server_parameter_selects_the_pacs_and_its_credentials() {
     let study_b = &e.study_b.uid;
     // Only server B holds this study: the default server does not have it.
     let r = shared().get(&seg_url(study_b));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (404, "pacs_not_found"),
-        "{}",
-        r.body
-    );
+    r.assert_error(404, "pacs_not_found");
     let r = shared().get(&format!("{}?server={SERVER_B}", seg_url(study_b)));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(decoded_sops(), sorted(e.study_b.all_instances()));
     // The same PACS with a wrong password.
     let r = shared().get(&format!("{}?server={SERVER_B_WRONG}", seg_url(study_b)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_auth_failed"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_auth_failed");
     assert_eq!(r.json()["error"]["upstream_status"], 401);
 }
 
@@ -201,17 +191,17 @@ fn bad_data_filter_bodies_never_reach_upstream() {
         );
     }
     let r = request("GET", &url, &[], None);
-    assert_eq!((r.status, r.code().as_str()), (400, "body_required"));
+    r.assert_error(400, "body_required");
     let big = format!("{{\"series-one\": [\"{}\"]}}", "1".repeat(100_000));
     let r = request("POST", &url, &[], Some(&big));
-    assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"));
+    r.assert_error(413, "body_too_large");
     let r = request(
         "POST",
         &format!("{}{}", shared().url, seg_url(&e.study_a.uid)),
         &[],
         Some("{}"),
     );
-    assert_eq!((r.status, r.code().as_str()), (400, "unexpected_body"));
+    r.assert_error(400, "unexpected_body");
     assert_eq!(
         model_count(),
         before,
@@ -305,7 +295,7 @@ fn malformed_requests_are_rejected_before_upstream() {
         &[],
         None,
     );
-    assert_eq!((r.status, r.code().as_str()), (405, "method_not_allowed"));
+    r.assert_error(405, "method_not_allowed");
     assert_eq!(
         model_count(),
         before,
@@ -348,35 +338,15 @@ fn upstream_failures_say_which_and_how() {
     let (se, _) = &e.study_a.series[0];
     let p = shared();
     let r = p.get(&format!("{}?server={SERVER_DOWN}", seg_url(st)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "pacs_unreachable"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "pacs_unreachable");
     let r = p.get(&format!("{}?server={SERVER_STALL}", seg_url(st)));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (504, "pacs_timeout"),
-        "{}",
-        r.body
-    );
+    r.assert_error(504, "pacs_timeout");
     let r = p.get(&format!(
         "/segmentations/{MODEL_DOWN}/studies/{st}/series/{se}"
     ));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "model_unreachable"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "model_unreachable");
     let r = p.get(&format!("/segmentations/{FAIL}/studies/{st}/series/{se}"));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (502, "model_error"),
-        "{}",
-        r.body
-    );
+    r.assert_error(502, "model_error");
     assert_eq!(r.json()["error"]["upstream_status"], 500);
     assert!(r.json()["error"]["message"]
         .as_str()
@@ -397,12 +367,7 @@ fn model_timeout_is_504() {
         "/segmentations/{SLOW}/studies/{}/series/{se}",
         e.study_a.uid
     ));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (504, "model_timeout"),
-        "{}",
-        r.body
-    );
+    r.assert_error(504, "model_timeout");
 }
 
 #[test]
@@ -531,7 +496,7 @@ fn status_page_is_off_by_default() {
     let _ = env();
     let p = Proxy::start("no-status", &[], &[]);
     let r = p.get("/status");
-    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+    r.assert_error(404, "not_found");
     let p = Proxy::start("status-env", &[], &[("ZHIVA_SHOW_STATUS_PAGE", "true")]);
     assert_eq!(p.get("/status").status, 200);
 }
@@ -559,12 +524,7 @@ fn health_answers_while_every_worker_is_busy_and_the_queue_sheds_load() {
         "/segmentations/{SLOW}/studies/{}/series/{se}",
         e.study_a.uid
     ));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (503, "overloaded"),
-        "{}",
-        r.body
-    );
+    r.assert_error(503, "overloaded");
     assert!(r.header("retry-after").is_some());
     assert_eq!(p.get("/healthz").status, 200);
     let ready = p.get("/readyz");

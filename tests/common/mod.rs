@@ -277,6 +277,17 @@ impl Resp {
             .unwrap_or("")
             .to_string()
     }
+
+    /// Asserts an error answer: its status and its code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (status, code),
+            "{}",
+            self.body
+        );
+    }
 }
 
 fn into_resp(r: ureq::http::Response<ureq::Body>) -> Resp {
