@@ -57,6 +57,8 @@ pub struct Settings {
     pub auth_timeout: Duration,
     /// Extra CA certificates (PEM) trusted for upstream HTTPS, e.g. the local PACS's trusted.crt.
     pub ca_file: Option<PathBuf>,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
     /// How long in-flight inferences may run on after SIGTERM.
     pub grace_period: Duration,
     /// URL probed by `healthcheck`.
@@ -178,6 +180,12 @@ const FLAGS: &[Flag] = &[
         env: "ZHIVA_CA_FILE",
         value: "FILE",
         help: "extra CA certificates (PEM) for upstream HTTPS",
+    },
+    Flag {
+        name: "body-timeout",
+        env: "ZHIVA_BODY_TIMEOUT",
+        value: "SECS",
+        help: "longest a client may take to send a request body [30]",
     },
     Flag {
         name: "grace-period",
@@ -317,6 +325,7 @@ fn settings(
         auth_timeout: secs("auth-timeout", 30)?,
         ca_file: get("ca-file").map(|(_, v)| v.into()),
         grace_period: number("grace-period", 30, 0).map(Duration::from_secs)?,
+        body_timeout: secs("body-timeout", 30)?,
         url: string("url", "http://127.0.0.1:8002/healthz"),
     })
 }

@@ -243,12 +243,33 @@ fn worker(app: &App, rx: &Receiver<Job>) {
     let _alive = Alive(app);
     while let Ok(mut job) = rx.recv() {
         app.queued.fetch_sub(1, Ordering::SeqCst);
+        let body = if job.route.has_body {
+            match read_body_within(job.rq, app.settings.body_timeout) {
+                Some((rq, Ok(body))) => {
+                    job.rq = rq;
+                    Some(body)
+                }
+                Some((rq, Err(e))) => {
+                    reply_error(app, rq, &e, job.started);
+                    app.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                None => {
+                    // The request stays with its reader thread until the client goes
+                    // away; this worker moves on. There is no one to answer.
+                    log::warn!(
+                        "a client sent no complete request body within {}s; worker released",
+                        app.settings.body_timeout.as_secs()
+                    );
+                    app.metrics.request("stalled_body", 408, "");
+                    app.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let body = if job.route.has_body {
-                Some(read_body(&mut job.rq)?)
-            } else {
-                None
-            };
             inference::run(app, &job.route, body.as_deref())
         }));
         match outcome {
@@ -287,6 +308,35 @@ fn worker(app: &App, rx: &Receiver<Job>) {
         }
         app.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Reads the body on a thread of its own, so that a client that stalls its body
+/// cannot hold a worker: `None` when it has not arrived within `limit`.
+fn read_body_within(
+    mut rq: Request,
+    limit: Duration,
+) -> Option<(Request, Result<Vec<u8>, ProxyError>)> {
+    let (tx, rx) = bounded(1);
+    let spawned = thread::Builder::new().name("body".into()).spawn(move || {
+        let body = read_body(&mut rq);
+        if let Err(crossbeam_channel::SendError((rq, _))) = tx.send((rq, body)) {
+            // The worker gave up on it: tell the late client why.
+            let e = ProxyError::new(
+                408,
+                "body_timeout",
+                "the request body took too long to arrive",
+            );
+            let body = e.to_json().into_bytes();
+            let len = body.len();
+            let headers = vec![("Content-Type", "application/json".to_string())];
+            let _ = respond(rq, 408, headers, Cursor::new(body), Some(len));
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start a thread to read a request body: {e}");
+        return None;
+    }
+    rx.recv_timeout(limit).ok()
 }
 
 fn read_body(rq: &mut Request) -> Result<Vec<u8>, ProxyError> {

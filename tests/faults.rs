@@ -183,3 +183,27 @@ fn a_pacs_hiccup_before_any_byte_went_to_the_model_is_retried() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(p.logs().contains("HTTP 503; retrying"), "{}", p.logs());
 }
+
+#[test]
+fn a_client_stalling_its_body_does_not_hold_a_worker() {
+    use std::io::Write;
+    let _m = model_lock();
+    let e = env();
+    let dir = tempdir("fault-stall");
+    write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+    let p = Proxy::start_in(&dir, &["--workers", "1", "--body-timeout", "1"], &[]);
+    let addr = p.url.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    // Over 1 KB: tiny_http reads smaller bodies itself before handing the request
+    // over (its own thread waits then, not a worker); larger ones reach the worker.
+    let head = format!(
+        "POST /segmentations/{FILT}/studies/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{\"series",
+        e.study_a.uid
+    );
+    stalled.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The only worker is free again.
+    assert_recovered(&p);
+    assert!(p.logs().contains("worker released"), "{}", p.logs());
+    drop(stalled);
+}
