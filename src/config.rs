@@ -174,6 +174,8 @@ pub struct Model {
     pub max_concurrent: Option<usize>,
     /// Extension: send a Content-Length instead of a chunked body (`contentLength`).
     pub content_length: bool,
+    /// Extension: `"payload": "multipart"` sends DICOMweb multipart instead of the zhiva JSON.
+    pub multipart: bool,
 }
 
 /// Both files, validated.
@@ -629,6 +631,26 @@ fn parse_models(src: &Source, problems: &mut Vec<Problem>) -> BTreeMap<String, M
                 }
             },
         };
+        let multipart = match e.string("payload").as_deref() {
+            None | Some("zhiva") => false,
+            Some("multipart") if obj.get("dataFilter").is_some() => {
+                e.fail(
+                    "payload",
+                    "`payload: \"multipart\"` is not available for models with a dataFilter".into(),
+                );
+                false
+            }
+            Some("multipart") => true,
+            Some(other) => {
+                e.fail(
+                    "payload",
+                    format!(
+                        "unknown payload {other:?}; use \"zhiva\" (the default) or \"multipart\""
+                    ),
+                );
+                false
+            }
+        };
         let content_length = match obj.get("contentLength") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -657,6 +679,7 @@ fn parse_models(src: &Source, problems: &mut Vec<Problem>) -> BTreeMap<String, M
                 data_filter,
                 max_concurrent,
                 content_length,
+                multipart,
             },
         );
     }
@@ -796,6 +819,33 @@ mod tests {
             "needs a non-empty string `dataKey`",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn model_extensions() {
+        let servers = r#"{"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": "http://a"}}"#;
+        let ok = r#"{"1d9508dd-9089-40c3-abdd-15f47120d682": {"uri": "http://m", "task": "segmentation",
+            "supports": ["/studies"], "payload": "multipart", "maxConcurrent": 2, "contentLength": true}}"#;
+        let c = from_texts(Path::new("x"), servers, ok).unwrap();
+        let m = &c.models["1d9508dd-9089-40c3-abdd-15f47120d682"];
+        assert!(m.multipart && m.content_length);
+        assert_eq!(m.max_concurrent, Some(2));
+        let bad = r#"{"1d9508dd-9089-40c3-abdd-15f47120d682": {"uri": "http://m", "task": "segmentation",
+            "supports": ["/studies"], "payload": "multipart", "dataFilter": [{"dataKey": "a"}],
+            "maxConcurrent": 0, "contentLength": "yes"}}"#;
+        let all: Vec<String> = from_texts(Path::new("x"), servers, bad)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let all = all.join("\n");
+        for needle in [
+            "not available for models with a dataFilter",
+            "`maxConcurrent` must be",
+            "`contentLength` must be",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in {all}");
         }
     }
 

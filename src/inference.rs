@@ -7,7 +7,7 @@ use ureq::BodyReader;
 use crate::error::ProxyError;
 use crate::model;
 use crate::pacs::PacsSource;
-use crate::payload::PayloadReader;
+use crate::payload::{Format, PayloadReader};
 use crate::plan;
 use crate::routing::InferenceRequest;
 use crate::state::App;
@@ -55,11 +55,23 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
         opened: false,
         server: &plan.server,
     };
-    let mut payload = PayloadReader::new(source, plan.groups.clone(), plan.keyed);
+    let format = match (plan.keyed, plan.model.multipart) {
+        (true, _) => Format::Keyed,
+        (false, true) => Format::multipart(),
+        (false, false) => Format::Array,
+    };
+    let content_type = format.content_type();
+    let mut payload = PayloadReader::new(source, plan.groups.clone(), format);
     payload.prime()?;
     let pacs_took = started.elapsed();
     let spool = app.settings.state_dir.join("spool");
-    let posted = model::post(&app.agents.model, &plan.model, &mut payload, &spool);
+    let posted = model::post(
+        &app.agents.model,
+        &plan.model,
+        &content_type,
+        &mut payload,
+        &spool,
+    );
     // A PACS failure mid-stream surfaces at the model as a broken body: report the cause.
     if let Some(failure) = payload.failure.take() {
         return Err(failure);

@@ -16,19 +16,18 @@ use ureq::{Agent, Body, SendBody};
 use crate::config::Model;
 use crate::error::{self, ProxyError, Upstream};
 
-/// Posts `body` as the model's JSON request; a 2xx answer is returned for relaying.
+/// Posts `body` (of `content_type`) to the model; a 2xx answer is returned for relaying.
 ///
 /// For a model with `contentLength`, the body is first spooled to an unlinked file
 /// under `spool_dir` (memory stays bounded; nothing is left behind on a crash).
 pub fn post(
     agent: &Agent,
     model: &Model,
+    content_type: &str,
     body: &mut dyn Read,
     spool_dir: &Path,
 ) -> Result<Response<Body>, ProxyError> {
-    let req = agent
-        .post(&model.uri)
-        .header("Content-Type", "application/json");
+    let req = agent.post(&model.uri).header("Content-Type", content_type);
     let sent = if model.content_length {
         let file = spool(body, spool_dir)?;
         req.send(file)

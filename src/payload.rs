@@ -20,6 +20,45 @@ pub trait Source {
     fn open(&mut self, path: &str) -> Result<Multipart<Self::Body>, ProxyError>;
 }
 
+/// How the instances are written for the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// The zhiva array: `["[0,1,...]", ...]`.
+    Array,
+    /// The zhiva dataFilter object: `{"<key>": {"data": [...]}}`.
+    Keyed,
+    /// DICOMweb's `multipart/related; type="application/dicom"`, with this boundary
+    /// (a model's opt-in: the DICOM bytes as they are, a third of the zhiva size).
+    Multipart(String),
+}
+
+impl Format {
+    /// The request's content type.
+    pub fn content_type(&self) -> String {
+        match self {
+            Format::Multipart(b) => {
+                format!("multipart/related; type=\"application/dicom\"; boundary={b}")
+            }
+            _ => "application/json".into(),
+        }
+    }
+
+    /// A multipart format with a fresh random boundary (it must not occur in the data).
+    pub fn multipart() -> Format {
+        let mut bytes = [0u8; 16];
+        // Should the system RNG fail, the clock still makes a boundary no DICOM file holds by chance.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            bytes = t.to_le_bytes();
+        }
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Format::Multipart(format!("model-proxy-{hex}"))
+    }
+}
+
 /// Instances sent under one key (or, with `key: None`, the plain array).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -99,7 +138,7 @@ pub fn encode_bytes(bytes: &[u8], first: bool, out: &mut Vec<u8>) {
 pub struct PayloadReader<S: Source> {
     source: S,
     groups: Vec<Group>,
-    keyed: bool,
+    format: Format,
     gi: usize,
     pi: usize,
     first_in_group: bool,
@@ -119,12 +158,12 @@ pub struct PayloadReader<S: Source> {
 }
 
 impl<S: Source> PayloadReader<S> {
-    /// A payload over `groups`; `keyed` selects the dataFilter object form.
-    pub fn new(source: S, groups: Vec<Group>, keyed: bool) -> Self {
+    /// A payload over `groups` in `format`.
+    pub fn new(source: S, groups: Vec<Group>, format: Format) -> Self {
         PayloadReader {
             source,
             groups,
-            keyed,
+            format,
             gi: 0,
             pi: 0,
             first_in_group: true,
@@ -153,7 +192,11 @@ impl<S: Source> PayloadReader<S> {
     fn advance(&mut self) -> Result<(), ProxyError> {
         match self.step {
             Step::Start => {
-                self.out.push(if self.keyed { b'{' } else { b'[' });
+                match self.format {
+                    Format::Array => self.out.push(b'['),
+                    Format::Keyed => self.out.push(b'{'),
+                    Format::Multipart(_) => {}
+                }
                 self.step = Step::GroupStart;
             }
             Step::GroupStart => {
@@ -161,7 +204,7 @@ impl<S: Source> PayloadReader<S> {
                     self.step = Step::End;
                     return Ok(());
                 };
-                if let (true, Some(key)) = (self.keyed, &group.key) {
+                if let (Format::Keyed, Some(key)) = (&self.format, &group.key) {
                     if self.gi > 0 {
                         self.out.push(b',');
                     }
@@ -199,11 +242,21 @@ impl<S: Source> PayloadReader<S> {
                             ));
                         }
                     }
-                    if !self.first_in_group {
-                        self.out.push(b',');
+                    match &self.format {
+                        Format::Multipart(b) => {
+                            self.out.extend_from_slice(b"--");
+                            self.out.extend_from_slice(b.as_bytes());
+                            self.out
+                                .extend_from_slice(b"\r\nContent-Type: application/dicom\r\n\r\n");
+                        }
+                        _ => {
+                            if !self.first_in_group {
+                                self.out.push(b',');
+                            }
+                            self.out.extend_from_slice(b"\"[");
+                        }
                     }
                     self.first_in_group = false;
-                    self.out.extend_from_slice(b"\"[");
                     self.instances += 1;
                     self.step = Step::InPart { first_byte: true };
                 } else {
@@ -230,14 +283,17 @@ impl<S: Source> PayloadReader<S> {
                     }
                     filled += n;
                 }
-                encode_bytes(
-                    &self.scratch[..filled],
-                    first_byte && filled > 0,
-                    &mut self.out,
-                );
+                let data = &self.scratch[..filled];
+                let multipart = matches!(self.format, Format::Multipart(_));
+                if multipart {
+                    self.out.extend_from_slice(data);
+                } else {
+                    encode_bytes(data, first_byte && filled > 0, &mut self.out);
+                }
                 self.dicom_bytes += filled as u64;
                 if ended {
-                    self.out.extend_from_slice(b"]\"");
+                    self.out
+                        .extend_from_slice(if multipart { b"\r\n" } else { b"]\"" });
                     self.step = Step::NextPart;
                 } else {
                     self.step = Step::InPart {
@@ -246,14 +302,22 @@ impl<S: Source> PayloadReader<S> {
                 }
             }
             Step::GroupEnd => {
-                if self.keyed {
+                if self.format == Format::Keyed {
                     self.out.extend_from_slice(b"]}");
                 }
                 self.gi += 1;
                 self.step = Step::GroupStart;
             }
             Step::End => {
-                self.out.push(if self.keyed { b'}' } else { b']' });
+                match &self.format {
+                    Format::Array => self.out.push(b']'),
+                    Format::Keyed => self.out.push(b'}'),
+                    Format::Multipart(b) => {
+                        self.out.extend_from_slice(b"--");
+                        self.out.extend_from_slice(b.as_bytes());
+                        self.out.extend_from_slice(b"--\r\n");
+                    }
+                }
                 self.step = Step::Finished;
             }
             Step::Finished => {}
@@ -352,7 +416,8 @@ mod tests {
     }
 
     fn encode(groups: Vec<Group>, keyed: bool) -> Result<String, ProxyError> {
-        let mut r = PayloadReader::new(fake(), groups, keyed);
+        let format = if keyed { Format::Keyed } else { Format::Array };
+        let mut r = PayloadReader::new(fake(), groups, format);
         r.prime()?;
         let mut s = String::new();
         match r.read_to_string(&mut s) {
@@ -392,6 +457,30 @@ mod tests {
     fn missing_later_path_is_kept_as_the_failure() {
         let e = encode(vec![group(None, &["/s1", "/nope"])], false).unwrap_err();
         assert_eq!(e.code, "pacs_not_found");
+    }
+
+    #[test]
+    fn multipart_round_trips_through_the_parser() {
+        let format = Format::multipart();
+        let Format::Multipart(b) = format.clone() else {
+            unreachable!()
+        };
+        let mut r = PayloadReader::new(fake(), vec![group(None, &["/s1", "/s2"])], format);
+        r.prime().unwrap();
+        let mut body = Vec::new();
+        r.read_to_end(&mut body).unwrap();
+        let mut m = Multipart::new(Cursor::new(body), &b);
+        let mut parts = Vec::new();
+        while m.next_part().unwrap() {
+            assert_eq!(m.part_content_type(), Some("application/dicom"));
+            let mut p = Vec::new();
+            m.read_to_end(&mut p).unwrap();
+            parts.push(p);
+        }
+        assert_eq!(
+            parts,
+            vec![vec![0u8, 9, 10, 99, 100, 255], vec![], vec![68, 73, 67, 77]]
+        );
     }
 
     #[test]

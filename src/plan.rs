@@ -220,6 +220,7 @@ mod tests {
             data_filter: vec![],
             max_concurrent: None,
             content_length: false,
+            multipart: false,
         };
         let filtered = Model {
             id: F.into(),

@@ -567,3 +567,23 @@ fn auth_b64() -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+#[test]
+fn multipart_payload_opt_in() {
+    let _model = model_lock();
+    let e = env();
+    let dir = tempdir("multipart");
+    let mut models = models_json(e);
+    models[SEG]["payload"] = json!("multipart");
+    write_config(&dir.join("config"), &servers_json(e), &models);
+    let p = Proxy::start_in(&dir, &[], &[]);
+    let (series, instances) = &e.study_a.series[1];
+    let r = p.get(&format!("{}/series/{series}", seg_url(&e.study_a.uid)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = model_last();
+    assert_eq!(last["kind"], "multipart", "{last}");
+    assert_eq!(decoded_sops(), sorted(instances.clone()));
+    // A third of the zhiva payload's size: the DICOM bytes as they are.
+    let dicom: u64 = last["bytes"].as_u64().unwrap();
+    assert!(dicom < 50_000, "{dicom} bytes for four 64x64 slices");
+}
