@@ -241,72 +241,71 @@ impl Drop for Alive<'_> {
 fn worker(app: &App, rx: &Receiver<Job>) {
     app.workers_alive.fetch_add(1, Ordering::SeqCst);
     let _alive = Alive(app);
-    while let Ok(mut job) = rx.recv() {
+    while let Ok(job) = rx.recv() {
         app.queued.fetch_sub(1, Ordering::SeqCst);
-        let body = if job.route.has_body {
-            match read_body_within(job.rq, app.settings.body_timeout) {
-                Some((rq, Ok(body))) => {
-                    job.rq = rq;
-                    Some(body)
-                }
-                Some((rq, Err(e))) => {
-                    reply_error(app, rq, &e, job.started);
-                    app.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
-                None => {
-                    // The request stays with its reader thread until the client goes
-                    // away; this worker moves on. There is no one to answer.
-                    log::warn!(
-                        "a client sent no complete request body within {}s; worker released",
-                        app.settings.body_timeout.as_secs()
-                    );
-                    app.metrics.request("stalled_body", 408, "");
-                    app.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
+        handle(app, job);
+        app.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs one queued inference and answers it (or gives up on a client that stalls its body).
+fn handle(app: &App, mut job: Job) {
+    let body = if job.route.has_body {
+        match read_body_within(job.rq, app.settings.body_timeout) {
+            Some((rq, Ok(body))) => {
+                job.rq = rq;
+                Some(body)
             }
-        } else {
-            None
-        };
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            inference::run(app, &job.route, body.as_deref())
-        }));
-        match outcome {
-            Ok(Ok(relay)) => {
-                let mut headers = cors(app, &job.rq);
-                if let Some(ct) = relay.content_type {
-                    headers.push(("Content-Type", ct));
-                }
-                let status = relay.status;
-                let sent = job.rq.url().to_string();
-                let method = job.rq.method().to_string();
-                let mut body = Counting {
-                    inner: relay.body,
-                    n: 0,
-                };
-                let result = respond(job.rq, status, headers, &mut body, relay.length);
-                let done = Done {
-                    status,
-                    started: job.started,
-                    bytes: body.n,
-                    code: None,
-                };
-                finish(app, &method, &sent, &done, Some(&relay.stats));
-                if let Err(e) = result {
-                    log::warn!(
-                        "relaying the model's answer for {} failed: {e}",
-                        log_path(&sent)
-                    );
-                }
-            }
-            Ok(Err(e)) => reply_error(app, job.rq, &e, job.started),
-            Err(_) => {
-                let e = ProxyError::internal("the request hit a bug in model-proxy; see its log");
-                reply_error(app, job.rq, &e, job.started);
+            Some((rq, Err(e))) => return reply_error(app, rq, &e, job.started),
+            None => {
+                // The request stays with its reader thread until the client goes
+                // away; this worker moves on. There is no one to answer.
+                log::warn!(
+                    "a client sent no complete request body within {}s; worker released",
+                    app.settings.body_timeout.as_secs()
+                );
+                return app.metrics.request("stalled_body", 408, "");
             }
         }
-        app.in_flight.fetch_sub(1, Ordering::SeqCst);
+    } else {
+        None
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        inference::run(app, &job.route, body.as_deref())
+    }));
+    match outcome {
+        Ok(Ok(relay)) => {
+            let mut headers = cors(app, &job.rq);
+            if let Some(ct) = relay.content_type {
+                headers.push(("Content-Type", ct));
+            }
+            let status = relay.status;
+            let sent = job.rq.url().to_string();
+            let method = job.rq.method().to_string();
+            let mut body = Counting {
+                inner: relay.body,
+                n: 0,
+            };
+            let result = respond(job.rq, status, headers, &mut body, relay.length);
+            let done = Done {
+                status,
+                started: job.started,
+                bytes: body.n,
+                code: None,
+            };
+            finish(app, &method, &sent, &done, Some(&relay.stats));
+            if let Err(e) = result {
+                log::warn!(
+                    "relaying the model's answer for {} failed: {e}",
+                    log_path(&sent)
+                );
+            }
+        }
+        Ok(Err(e)) => reply_error(app, job.rq, &e, job.started),
+        Err(_) => {
+            let e = ProxyError::internal("the request hit a bug in model-proxy; see its log");
+            reply_error(app, job.rq, &e, job.started);
+        }
     }
 }
 
@@ -369,15 +368,18 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
         Route::Healthz => json(serde_json::json!({"status": "ok"})),
         Route::Readyz => {
             let alive = app.workers_alive.load(Ordering::SeqCst);
+            let want = app.settings.workers;
             // While shutting down, report not ready so load balancers drain this instance.
-            let want = if app.shutting_down.load(Ordering::SeqCst) {
-                usize::MAX
+            let state = if app.shutting_down.load(Ordering::SeqCst) {
+                "shutting_down"
+            } else if alive == want {
+                "ready"
             } else {
-                app.settings.workers
+                "degraded"
             };
-            let body = serde_json::json!({"status": if alive == want { "ready" } else { "degraded" }, "workers": alive, "configured": want});
+            let body = serde_json::json!({"status": state, "workers": alive, "configured": want});
             (
-                if alive == want { 200 } else { 503 },
+                if state == "ready" { 200 } else { 503 },
                 "application/json".into(),
                 body.to_string(),
             )
