@@ -10,37 +10,39 @@ use std::io::{self, Read};
 /// Buffer size; also the largest header block a part may have.
 const BUF_SIZE: usize = 256 * 1024;
 
-/// A malformed or truncated multipart body (as opposed to an I/O error under it).
-#[derive(Debug)]
-pub struct MalformedMultipart(pub String);
+/// A body that is not valid multipart (as opposed to an I/O error under it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MultipartError {
+    /// Not multipart as RFC 2046 has it.
+    Malformed(String),
+    /// It stopped early: the sender went away mid-stream (a close-delimited body,
+    /// as Orthanc sends, ends without an error when the PACS stops).
+    Truncated(String),
+}
 
-impl fmt::Display for MalformedMultipart {
+impl fmt::Display for MultipartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed multipart body: {}", self.0)
+        match self {
+            MultipartError::Malformed(m) => write!(f, "malformed multipart body: {m}"),
+            MultipartError::Truncated(m) => write!(f, "truncated multipart body: {m}"),
+        }
     }
 }
 
-impl std::error::Error for MalformedMultipart {}
-
-/// The body stopped early: the sender went away mid-stream (a close-delimited
-/// body, as Orthanc sends, ends without an error when the PACS stops).
-#[derive(Debug)]
-pub struct Truncated(pub String);
-
-impl fmt::Display for Truncated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "truncated multipart body: {}", self.0)
-    }
-}
-
-impl std::error::Error for Truncated {}
+impl std::error::Error for MultipartError {}
 
 fn truncated(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, Truncated(msg.into()))
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        MultipartError::Truncated(msg.into()),
+    )
 }
 
 fn malformed(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, MalformedMultipart(msg.into()))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        MultipartError::Malformed(msg.into()),
+    )
 }
 
 /// The `boundary` parameter of a `multipart/*` content type, if it is one.
@@ -331,7 +333,8 @@ mod tests {
         let data = body(&[b"hello world"], "b");
         let cut = &data[..data.len() - 12];
         let err = parts_of(cut, "b", 4).unwrap_err();
-        assert!(err.get_ref().unwrap().is::<Truncated>());
+        let inner = err.get_ref().unwrap().downcast_ref::<MultipartError>();
+        assert!(matches!(inner, Some(MultipartError::Truncated(_))));
         assert!(parts_of(b"no delimiter at all", "b", 3).is_err());
     }
 

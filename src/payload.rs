@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 use crate::error::{self, ProxyError, Upstream};
-use crate::multipart::{MalformedMultipart, Multipart, Truncated};
+use crate::multipart::{Multipart, MultipartError};
 
 /// Opens the WADO-RS multipart stream behind one PACS path.
 pub trait Source {
@@ -327,18 +327,17 @@ impl<S: Source> PayloadReader<S> {
 }
 
 fn pacs_read_error(e: io::Error) -> ProxyError {
-    let inner = e.get_ref();
-    if let Some(m) = inner.and_then(|i| i.downcast_ref::<MalformedMultipart>()) {
-        return ProxyError::new(502, "pacs_bad_response", format!("the pacs sent a {m}"));
-    }
-    if let Some(t) = inner.and_then(|i| i.downcast_ref::<Truncated>()) {
-        return ProxyError::new(
+    match e.get_ref().and_then(|i| i.downcast_ref::<MultipartError>()) {
+        Some(m @ MultipartError::Malformed(_)) => {
+            ProxyError::new(502, "pacs_bad_response", format!("the pacs sent a {m}"))
+        }
+        Some(t @ MultipartError::Truncated(_)) => ProxyError::new(
             502,
             "pacs_unreachable",
             format!("the pacs broke off mid-stream ({t})"),
-        );
+        ),
+        None => error::from_io(Upstream::Pacs, &e),
     }
-    error::from_io(Upstream::Pacs, &e)
 }
 
 impl<S: Source> Read for PayloadReader<S> {
