@@ -283,10 +283,7 @@ impl Auth {
         }
         // A newly minted auth token in servers.json wins at once: drop the stored
         // access token so the next call exchanges it (the refresh token stays as a fallback).
-        let fresh = server.auth_token.as_deref().is_some_and(|t| {
-            !t.is_empty() && e.consumed.as_deref() != Some(fingerprint(t).as_str())
-        });
-        if fresh {
+        if unused_auth_token(server, e).is_some() {
             e.access = None;
         }
     }
@@ -334,27 +331,24 @@ impl Auth {
             at: SystemTime::now(),
         };
         // A newly minted auth token in servers.json wins over stored tokens.
-        if let Some(token) = server.auth_token.as_deref().filter(|t| !t.is_empty()) {
-            let fp = fingerprint(token);
-            if e.consumed.as_deref() != Some(fp.as_str()) {
-                match self.exchange(server, token) {
-                    Ok((a, refresh)) => {
-                        e.consumed = Some(fp);
-                        e.refresh = refresh.or(e.refresh.take());
-                        e.sign_ins += 1;
-                        log::info!("server {}: exchanged the configured auth token", server.id);
-                        return Ok(self.keep(e, a));
-                    }
-                    Err(CallError::Rejected(status)) => {
-                        // Spent or invalid: never try this one again.
-                        e.consumed = Some(fp);
-                        log::warn!(
-                            "server {}: the auth service refused the configured auth token (HTTP {status})",
-                            server.id
-                        );
-                    }
-                    Err(CallError::Unavailable(d)) => return Err(unavailable("token exchange", d)),
+        if let Some((token, fp)) = unused_auth_token(server, e) {
+            match self.exchange(server, token) {
+                Ok((a, refresh)) => {
+                    e.consumed = Some(fp);
+                    e.refresh = refresh.or(e.refresh.take());
+                    e.sign_ins += 1;
+                    log::info!("server {}: exchanged the configured auth token", server.id);
+                    return Ok(self.keep(e, a));
                 }
+                Err(CallError::Rejected(status)) => {
+                    // Spent or invalid: never try this one again.
+                    e.consumed = Some(fp);
+                    log::warn!(
+                        "server {}: the auth service refused the configured auth token (HTTP {status})",
+                        server.id
+                    );
+                }
+                Err(CallError::Unavailable(d)) => return Err(unavailable("token exchange", d)),
             }
         }
         if let (Some(refresh), Some(url)) = (e.refresh.clone(), server.refresh_server.as_deref()) {
@@ -513,6 +507,13 @@ impl Auth {
             "failingSince": e.failure.as_ref().map(|f| rfc3339(f.at)),
         })
     }
+}
+
+/// The configured auth token and its fingerprint, if it has not been exchanged yet.
+fn unused_auth_token<'a>(server: &'a Server, e: &ServerAuth) -> Option<(&'a str, String)> {
+    let token = server.auth_token.as_deref().filter(|t| !t.is_empty())?;
+    let fp = fingerprint(token);
+    (e.consumed.as_deref() != Some(fp.as_str())).then_some((token, fp))
 }
 
 fn auth_failed(server: &Server, f: &Failure) -> ProxyError {
