@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use ureq::Agent;
 
 use crate::config::{AuthType, Config, Server};
-use crate::error::ProxyError;
+use crate::error::{Code, ProxyError};
 use crate::health::rfc3339;
 use crate::token_store::{Stored, TokenStore};
 
@@ -518,8 +518,7 @@ fn unused_auth_token<'a>(server: &'a Server, e: &ServerAuth) -> Option<(&'a str,
 
 fn auth_failed(server: &Server, f: &Failure) -> ProxyError {
     ProxyError::new(
-        502,
-        "pacs_auth_failed",
+        Code::PacsAuthFailed,
         format!(
             "cannot sign in to server {}: {}; {}",
             server.id, f.message, f.action

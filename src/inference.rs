@@ -72,10 +72,6 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
         &mut payload,
         &spool,
     );
-    // A PACS failure mid-stream surfaces at the model as a broken body: report the cause.
-    if let Some(failure) = payload.failure.take() {
-        return Err(failure);
-    }
     app.metrics.bytes("dicom_from_pacs", payload.dicom_bytes);
     app.metrics.bytes("payload_to_model", payload.sent);
     app.metrics.upstream("pacs", &plan.server.id, pacs_took);

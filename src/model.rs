@@ -14,7 +14,7 @@ use ureq::http::Response;
 use ureq::{Agent, Body, SendBody};
 
 use crate::config::Model;
-use crate::error::{self, ProxyError, Upstream};
+use crate::error::{self, Code, ProxyError, Upstream};
 
 /// Posts `body` (of `content_type`) to the model; a 2xx answer is returned for relaying.
 ///
@@ -71,9 +71,8 @@ fn spool(body: &mut dyn Read, dir: &Path) -> Result<File, ProxyError> {
         .map_err(fail)?;
     // The open handle keeps the data; the name is not needed and must not outlive us.
     let _ = fs::remove_file(&path);
-    // A PACS failure while spooling is reported by the caller from the payload's own record.
-    io::copy(body, &mut file)
-        .map_err(|e| ProxyError::new(502, "pacs_unreachable", e.to_string()))?;
+    // A failure of the payload (the PACS, mostly) comes back as it was raised.
+    io::copy(body, &mut file).map_err(|e| ProxyError::carried_by(&e).unwrap_or_else(|| fail(e)))?;
     file.flush().map_err(fail)?;
     file.rewind().map_err(fail)?;
     Ok(file)
@@ -128,8 +127,7 @@ impl Slots {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ProxyError::new(
-                    503,
-                    "model_busy",
+                    Code::ModelBusy,
                     format!(
                         "model {} already runs its maximum of {limit} inference(s); retry shortly",
                         model.id

@@ -6,7 +6,7 @@ use ureq::{Agent, BodyReader};
 
 use crate::auth::Auth;
 use crate::config::{AuthType, Server};
-use crate::error::{self, ProxyError, Upstream};
+use crate::error::{self, Code, ProxyError, Upstream};
 use crate::multipart::{self, Multipart};
 use crate::payload::Source;
 
@@ -43,7 +43,7 @@ pub fn retrieve(
                 let err = error::from_ureq(Upstream::Pacs, &e);
                 // A timeout is not retried: it would multiply the wait.
                 match pauses.next() {
-                    Some(p) if err.code == "pacs_unreachable" => {
+                    Some(p) if err.code == Code::PacsUnreachable => {
                         log::info!("server {}: {}; retrying", server.id, err.message);
                         std::thread::sleep(*p);
                         continue;
@@ -71,22 +71,19 @@ pub fn retrieve(
     match status {
         200 => {}
         404 => {
-            return Err(ProxyError::not_found(
-                "pacs_not_found",
+            return Err(ProxyError::new(
+                Code::PacsNotFound,
                 format!("{} not found on server {}", describe(path), server.id),
             ))
         }
         401 | 403 => {
-            let mut e = ProxyError::new(
-                502,
-                "pacs_auth_failed",
+            let e = ProxyError::new(Code::PacsAuthFailed,
                 format!(
                     "server {} refused the proxy's credentials (HTTP {status}); check its login settings in servers.json",
                     server.id
                 ),
             );
-            e.upstream_status = Some(status);
-            return Err(e);
+            return Err(e.with_upstream_status(status));
         }
         _ => return Err(ProxyError::upstream_status(Upstream::Pacs, status, "")),
     }
@@ -98,8 +95,7 @@ pub fn retrieve(
         .to_string();
     let Some(boundary) = multipart::boundary(&content_type) else {
         return Err(ProxyError::new(
-            502,
-            "pacs_bad_response",
+            Code::PacsBadResponse,
             format!("the pacs answered {content_type:?} where multipart/related was expected"),
         ));
     };

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read};
 
-use crate::error::{self, ProxyError, Upstream};
+use crate::error::{self, Code, ProxyError, Upstream};
 use crate::multipart::{Multipart, MultipartError};
 
 /// Opens the WADO-RS multipart stream behind one PACS path.
@@ -147,8 +147,8 @@ pub struct PayloadReader<S: Source> {
     out: Vec<u8>,
     out_pos: usize,
     scratch: Vec<u8>,
-    /// Why the stream stopped early, when the PACS failed mid-way.
-    pub failure: Option<ProxyError>,
+    /// Why the stream stopped early: every later read repeats it.
+    failure: Option<ProxyError>,
     /// Instances encoded so far.
     pub instances: u64,
     /// DICOM bytes encoded so far.
@@ -235,9 +235,7 @@ impl<S: Source> PayloadReader<S> {
                     if let Some(ct) = mp.part_content_type() {
                         let mime = ct.split(';').next().unwrap_or("").trim();
                         if !mime.eq_ignore_ascii_case("application/dicom") {
-                            return Err(ProxyError::new(
-                                502,
-                                "pacs_bad_response",
+                            return Err(ProxyError::new(Code::PacsBadResponse,
                                 format!("the pacs sent a {mime:?} part where application/dicom was expected"),
                             ));
                         }
@@ -329,11 +327,10 @@ impl<S: Source> PayloadReader<S> {
 fn pacs_read_error(e: io::Error) -> ProxyError {
     match e.get_ref().and_then(|i| i.downcast_ref::<MultipartError>()) {
         Some(m @ MultipartError::Malformed(_)) => {
-            ProxyError::new(502, "pacs_bad_response", format!("the pacs sent a {m}"))
+            ProxyError::new(Code::PacsBadResponse, format!("the pacs sent a {m}"))
         }
         Some(t @ MultipartError::Truncated(_)) => ProxyError::new(
-            502,
-            "pacs_unreachable",
+            Code::PacsUnreachable,
             format!("the pacs broke off mid-stream ({t})"),
         ),
         None => error::from_io(Upstream::Pacs, &e),
@@ -343,7 +340,7 @@ fn pacs_read_error(e: io::Error) -> ProxyError {
 impl<S: Source> Read for PayloadReader<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(f) = &self.failure {
-            return Err(io::Error::other(f.message.clone()));
+            return Err(f.clone().into_io());
         }
         if self.out_pos == self.out.len() {
             self.out.clear();
@@ -353,10 +350,11 @@ impl<S: Source> Read for PayloadReader<S> {
         // them, so the model gets a few large chunks rather than many tiny ones.
         while self.out.len() - self.out_pos < buf.len().min(MIN_READ) && self.step != Step::Finished
         {
+            // The cause travels inside the I/O error, through whoever reads us
+            // (ureq, the spool), back to the inference that reports it.
             if let Err(e) = self.advance() {
-                let msg = e.message.clone();
-                self.failure = Some(e);
-                return Err(io::Error::other(msg));
+                self.failure = Some(e.clone());
+                return Err(e.into_io());
             }
         }
         if self.out_pos == self.out.len() {
@@ -385,7 +383,7 @@ mod tests {
             let parts = self
                 .0
                 .get(path)
-                .ok_or_else(|| ProxyError::not_found("pacs_not_found", path))?;
+                .ok_or_else(|| ProxyError::new(Code::PacsNotFound, path))?;
             let mut body = Vec::new();
             for p in parts {
                 body.extend_from_slice(b"--B\r\nContent-Type: application/dicom\r\n\r\n");
@@ -421,7 +419,7 @@ mod tests {
         let mut s = String::new();
         match r.read_to_string(&mut s) {
             Ok(_) => Ok(s),
-            Err(_) => Err(r.failure.unwrap()),
+            Err(e) => Err(ProxyError::carried_by(&e).expect("the failure travels in the error")),
         }
     }
 
@@ -449,13 +447,13 @@ mod tests {
     #[test]
     fn missing_first_path_fails_before_any_output() {
         let e = encode(vec![group(None, &["/nope"])], false).unwrap_err();
-        assert_eq!(e.code, "pacs_not_found");
+        assert_eq!(e.code, Code::PacsNotFound);
     }
 
     #[test]
     fn missing_later_path_is_kept_as_the_failure() {
         let e = encode(vec![group(None, &["/s1", "/nope"])], false).unwrap_err();
-        assert_eq!(e.code, "pacs_not_found");
+        assert_eq!(e.code, Code::PacsNotFound);
     }
 
     #[test]

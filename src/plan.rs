@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use crate::config::{Config, Level, Model, Server};
-use crate::error::ProxyError;
+use crate::error::{Code, ProxyError};
 use crate::payload::Group;
 use crate::routing::{invalid_uid, is_dicom_uid, InferenceRequest};
 
@@ -38,14 +38,14 @@ pub fn make(
     body: Option<&[u8]>,
 ) -> Result<Plan, ProxyError> {
     let model = config.models.get(&req.model).ok_or_else(|| {
-        ProxyError::not_found(
-            "unknown_model",
+        ProxyError::new(
+            Code::UnknownModel,
             format!("no model {} in models.json", req.model),
         )
     })?;
     let server = config.server(req.server.as_deref()).ok_or_else(|| {
-        ProxyError::not_found(
-            "unknown_server",
+        ProxyError::new(
+            Code::UnknownServer,
             format!(
                 "no server {} in servers.json",
                 req.server.as_deref().unwrap_or("(default)")
@@ -53,8 +53,8 @@ pub fn make(
         )
     })?;
     if model.task != req.task {
-        return Err(ProxyError::bad_request(
-            "task_mismatch",
+        return Err(ProxyError::new(
+            Code::TaskMismatch,
             format!(
                 "model {} does its {} under /{}s/, not this path",
                 model.id,
@@ -66,8 +66,8 @@ pub fn make(
     let level = req.level();
     if !model.supports.contains(&level) {
         let supported: Vec<&str> = model.supports.iter().map(|l| l.as_str()).collect();
-        return Err(ProxyError::bad_request(
-            "unsupported_level",
+        return Err(ProxyError::new(
+            Code::UnsupportedLevel,
             format!(
                 "model {} does not support {}; it supports {}",
                 model.id,
@@ -89,14 +89,12 @@ pub fn make(
             (vec![Group { key: None, paths: vec![path] }], false)
         }
         (true, Some(_)) => {
-            return Err(ProxyError::bad_request(
-                "unexpected_body",
+            return Err(ProxyError::new(Code::UnexpectedBody,
                 format!("model {} has no dataFilter: use GET without a body", model.id),
             ))
         }
         (false, None) => {
-            return Err(ProxyError::bad_request(
-                "body_required",
+            return Err(ProxyError::new(Code::BodyRequired,
                 format!(
                     "model {} has a dataFilter: POST to the study URL a JSON body naming the series for each dataKey, e.g. {}",
                     model.id,
@@ -106,8 +104,7 @@ pub fn make(
         }
         (false, Some(body)) => {
             if level != Level::Study {
-                return Err(ProxyError::bad_request(
-                    "invalid_body",
+                return Err(ProxyError::new(Code::InvalidBody,
                     "dataFilter requests are POSTed to the study URL, not a series or instance URL",
                 ));
             }
@@ -137,8 +134,8 @@ fn data_filter_groups(
     body: &[u8],
 ) -> Result<Vec<Group>, ProxyError> {
     let bad = |msg: String| {
-        ProxyError::bad_request(
-            "invalid_body",
+        ProxyError::new(
+            Code::InvalidBody,
             format!("{msg}; expected {}", example_body(model)),
         )
     };
@@ -266,7 +263,8 @@ mod tests {
     #[test]
     fn refusals() {
         let c = config();
-        let code = |r: &InferenceRequest, b: Option<&[u8]>| make(&c, r, b).unwrap_err().code;
+        let code =
+            |r: &InferenceRequest, b: Option<&[u8]>| make(&c, r, b).unwrap_err().code.as_str();
         assert_eq!(code(&req(M, None), None), "unsupported_level");
         let mut r = req(M, Some("1.3"));
         r.task = Task::Prediction;

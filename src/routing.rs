@@ -4,7 +4,7 @@
 //! contacted: only UUIDs and DICOM UIDs that pass these checks ever reach a PACS URL.
 
 use crate::config::{is_uuid, Level, Task};
-use crate::error::ProxyError;
+use crate::error::{Code, ProxyError};
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,8 +91,8 @@ pub fn route(method: &str, target: &str) -> Result<Route, ProxyError> {
     };
     let model = segs[1];
     if !is_uuid(model) {
-        return Err(ProxyError::bad_request(
-            "invalid_model_id",
+        return Err(ProxyError::new(
+            Code::InvalidModelId,
             format!("model id {:?} is not a UUID", truncate(model)),
         ));
     }
@@ -135,14 +135,14 @@ fn server_param(query: &str) -> Result<Option<String>, ProxyError> {
             continue;
         }
         if found.is_some() {
-            return Err(ProxyError::bad_request(
-                "invalid_server_id",
+            return Err(ProxyError::new(
+                Code::InvalidServerId,
                 "`server` is given more than once",
             ));
         }
         if !is_uuid(v) {
-            return Err(ProxyError::bad_request(
-                "invalid_server_id",
+            return Err(ProxyError::new(
+                Code::InvalidServerId,
                 format!("server id {:?} is not a UUID", truncate(v)),
             ));
         }
@@ -161,8 +161,7 @@ pub fn is_dicom_uid(s: &str) -> bool {
 
 /// The 400 for a malformed DICOM UID.
 pub fn invalid_uid(what: &str, s: &str) -> ProxyError {
-    ProxyError::bad_request(
-        "invalid_uid",
+    ProxyError::new(Code::InvalidUid,
         format!(
             "{what} UID {:?} is not a DICOM UID (digits and dots, no empty component, at most 64 characters)",
             truncate(s)
@@ -171,8 +170,7 @@ pub fn invalid_uid(what: &str, s: &str) -> ProxyError {
 }
 
 fn unknown_route(path: &str) -> ProxyError {
-    ProxyError::not_found(
-        "not_found",
+    ProxyError::new(Code::NotFound,
         format!(
             "no route for {:?}; inference paths look like /segmentations/{{model}}/studies/{{study}}[/series/{{series}}[/instances/{{instance}}]]",
             truncate(path)
@@ -181,12 +179,8 @@ fn unknown_route(path: &str) -> ProxyError {
 }
 
 fn method_not_allowed(allow: &'static str) -> ProxyError {
-    ProxyError::new(
-        405,
-        "method_not_allowed",
-        format!("allowed methods: {allow}"),
-    )
-    .with_header("Allow", allow)
+    ProxyError::new(Code::MethodNotAllowed, format!("allowed methods: {allow}"))
+        .with_header("Allow", allow)
 }
 
 /// Echoed input is cut short so an error body never grows with a hostile URL.
@@ -229,7 +223,7 @@ mod tests {
 
     #[test]
     fn rejects() {
-        let code = |m: &str, t: &str| route(m, t).unwrap_err().code;
+        let code = |m: &str, t: &str| route(m, t).unwrap_err().code.as_str();
         assert_eq!(code("GET", "/nope"), "not_found");
         assert_eq!(
             code("GET", &format!("/segmentations/{M}/studies")),

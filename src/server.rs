@@ -18,7 +18,7 @@ use tiny_http::{Header, Request, Response, Server, StatusCode};
 use crate::auth;
 use crate::cli::Settings;
 use crate::config::{self, Config};
-use crate::error::ProxyError;
+use crate::error::{Code, ProxyError};
 use crate::front;
 use crate::health;
 use crate::inference::{self, Stats};
@@ -141,8 +141,7 @@ fn dispatch(app: &App, tx: Option<&Sender<Job>>, rq: Request) {
     };
     let Some(tx) = tx else {
         let e = ProxyError::new(
-            503,
-            "shutting_down",
+            Code::ShuttingDown,
             "the proxy is shutting down; retry on another instance",
         )
         .with_header("Retry-After", "5")
@@ -157,8 +156,7 @@ fn dispatch(app: &App, tx: Option<&Sender<Job>>, rq: Request) {
         app.in_flight.fetch_sub(1, Ordering::SeqCst);
         app.queued.fetch_sub(1, Ordering::SeqCst);
         let e = ProxyError::new(
-            503,
-            "overloaded",
+            Code::Overloaded,
             "every worker is busy and the queue is full; retry shortly",
         )
         .with_header("Retry-After", "5");
@@ -321,8 +319,7 @@ fn read_body_within(
         if let Err(crossbeam_channel::SendError((rq, _))) = tx.send((rq, body)) {
             // The worker gave up on it: tell the late client why.
             let e = ProxyError::new(
-                408,
-                "body_timeout",
+                Code::BodyTimeout,
                 "the request body took too long to arrive",
             );
             let body = e.to_json().into_bytes();
@@ -341,8 +338,7 @@ fn read_body_within(
 fn read_body(rq: &mut Request) -> Result<Vec<u8>, ProxyError> {
     let too_large = || {
         ProxyError::new(
-            413,
-            "body_too_large",
+            Code::BodyTooLarge,
             format!("the request body exceeds {MAX_BODY} bytes"),
         )
     };
@@ -353,9 +349,7 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ProxyError> {
     rq.as_reader()
         .take(MAX_BODY as u64 + 1)
         .read_to_end(&mut body)
-        .map_err(|e| {
-            ProxyError::bad_request("invalid_body", format!("cannot read the body: {e}"))
-        })?;
+        .map_err(|e| ProxyError::new(Code::InvalidBody, format!("cannot read the body: {e}")))?;
     if body.len() > MAX_BODY {
         return Err(too_large());
     }
@@ -385,8 +379,8 @@ fn answer_inline(app: &App, rq: Request, route: &Route, started: Instant) {
             )
         }
         Route::Status if !app.settings.status_page => {
-            let e = ProxyError::not_found(
-                "not_found",
+            let e = ProxyError::new(
+                Code::NotFound,
                 "the status page is off; start with ZHIVA_SHOW_STATUS_PAGE=true to turn it on",
             );
             return reply_error(app, rq, &e, started);
@@ -458,15 +452,15 @@ fn reply_error(app: &App, rq: Request, e: &ProxyError, started: Instant) {
     let body = e.to_json().into_bytes();
     let (m, u) = (rq.method().to_string(), rq.url().to_string());
     let len = body.len();
-    let _ = respond(rq, e.status, headers, Cursor::new(body), Some(len));
+    let _ = respond(rq, e.status(), headers, Cursor::new(body), Some(len));
     let done = Done {
-        status: e.status,
+        status: e.status(),
         started,
         bytes: len as u64,
         code: Some(e.code),
     };
     finish(app, &m, &u, &done, None);
-    if e.status >= 500 {
+    if e.status() >= 500 {
         log::warn!("{} {}: {}", log_path(&u), e.code, e.message);
     }
 }
@@ -476,7 +470,7 @@ struct Done {
     status: u16,
     started: Instant,
     bytes: u64,
-    code: Option<&'static str>,
+    code: Option<Code>,
 }
 
 /// The access log line and the request metrics, for every answered request.
