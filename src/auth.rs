@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use ureq::Agent;
 
 use crate::config::{AuthType, Config, Server};
 use crate::error::{Code, ProxyError};
-use crate::health::rfc3339;
+use crate::time::{now_secs, rfc3339, rfc3339_secs};
 use crate::token_store::{Stored, TokenStore};
 
 /// Longest pause between retries against a failing auth service.
@@ -77,13 +77,6 @@ pub struct Auth {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// SHA-256 in hex: how a consumed auth token is remembered.
@@ -497,7 +490,7 @@ impl Auth {
         let exp = e.access.as_ref().and_then(|a| a.exp);
         json!({
             "state": state,
-            "accessExpiresAt": exp.map(|s| rfc3339(UNIX_EPOCH + Duration::from_secs(s))),
+            "accessExpiresAt": exp.map(rfc3339_secs),
             "hasRefreshToken": e.refresh.is_some(),
             "lastSuccessAt": e.last_success.map(rfc3339),
             "signIns": e.sign_ins,

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use crate::config::{Config, Level, Model, Server};
 use crate::error::{Code, ProxyError};
+use crate::ids::{invalid_uid, is_dicom_uid};
 use crate::payload::Group;
-use crate::routing::{invalid_uid, is_dicom_uid, InferenceRequest};
+use crate::routing::InferenceRequest;
 
 /// Largest dataFilter body accepted.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -3,8 +3,9 @@
 //! Everything a client puts in the URL is checked here, before any upstream is
 //! contacted: only UUIDs and DICOM UIDs that pass these checks ever reach a PACS URL.
 
-use crate::config::{is_uuid, Level, Task};
+use crate::config::{Level, Task};
 use crate::error::{Code, ProxyError};
+use crate::ids::{invalid_uid, is_dicom_uid, is_uuid, truncate};
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,24 +152,6 @@ fn server_param(query: &str) -> Result<Option<String>, ProxyError> {
     Ok(found)
 }
 
-/// A DICOM UID: 1-64 characters, digits and dots, no empty component.
-pub fn is_dicom_uid(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.split('.')
-            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The 400 for a malformed DICOM UID.
-pub fn invalid_uid(what: &str, s: &str) -> ProxyError {
-    ProxyError::new(Code::InvalidUid,
-        format!(
-            "{what} UID {:?} is not a DICOM UID (digits and dots, no empty component, at most 64 characters)",
-            truncate(s)
-        ),
-    )
-}
-
 fn unknown_route(path: &str) -> ProxyError {
     ProxyError::new(Code::NotFound,
         format!(
@@ -181,11 +164,6 @@ fn unknown_route(path: &str) -> ProxyError {
 fn method_not_allowed(allow: &'static str) -> ProxyError {
     ProxyError::new(Code::MethodNotAllowed, format!("allowed methods: {allow}"))
         .with_header("Allow", allow)
-}
-
-/// Echoed input is cut short so an error body never grows with a hostile URL.
-fn truncate(s: &str) -> String {
-    s.chars().take(80).collect()
 }
 
 #[cfg(test)]
@@ -254,16 +232,5 @@ mod tests {
             "method_not_allowed"
         );
         assert_eq!(code("POST", "/healthz"), "method_not_allowed");
-    }
-
-    #[test]
-    fn uid_rules() {
-        assert!(is_dicom_uid("1.2.840.10008.5.1.4.1.1.2"));
-        assert!(!is_dicom_uid(""));
-        assert!(!is_dicom_uid(".1"));
-        assert!(!is_dicom_uid("1."));
-        assert!(!is_dicom_uid("1.a"));
-        assert!(!is_dicom_uid(&"1".repeat(65)));
-        assert!(is_dicom_uid(&"1".repeat(64)));
     }
 }

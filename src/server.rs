@@ -515,7 +515,7 @@ fn metric_labels(url: &str) -> (&'static str, &str) {
         _ => "other",
     };
     let model = match (route, segs.next()) {
-        ("segmentations" | "annotations" | "predictions", Some(m)) if config::is_uuid(m) => m,
+        ("segmentations" | "annotations" | "predictions", Some(m)) if crate::ids::is_uuid(m) => m,
         _ => "",
     };
     (route, model)

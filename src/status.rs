@@ -4,8 +4,10 @@
 use serde_json::{json, Value};
 
 use crate::auth::Auth;
-use crate::config::{redact_uri, Config};
-use crate::health::{rfc3339, Health};
+use crate::config::Config;
+use crate::health::Health;
+use crate::ids::redact_uri;
+use crate::time::rfc3339;
 
 fn health_json(health: &Health, id: &str, has_status_uri: bool) -> Value {
     match health.get(id) {
