@@ -23,6 +23,5 @@ pub mod state;
 pub mod status;
 pub mod systemd;
 pub mod time;
-pub mod token_store;
 pub mod trust;
 pub mod upstream;

@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::auth::TokenCounts;
+
 /// Latency bucket bounds, seconds: from a cheap health probe to a model thinking for minutes.
 const BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -53,8 +55,8 @@ pub struct Gauges {
     pub in_flight: usize,
     /// Worker threads alive.
     pub workers: usize,
-    /// Per server: (id, sign-ins, refreshes, failures).
-    pub tokens: Vec<(String, u64, u64, u64)>,
+    /// Token events per server.
+    pub tokens: Vec<TokenCounts>,
 }
 
 impl Metrics {
@@ -140,16 +142,16 @@ impl Metrics {
             g.workers,
         );
         out.push_str("# HELP model_proxy_token_events_total PACS token sign-ins, refreshes and failures, by server.\n# TYPE model_proxy_token_events_total counter\n");
-        for (id, sign_ins, refreshes, failures) in &g.tokens {
+        for t in &g.tokens {
             for (kind, n) in [
-                ("sign_in", sign_ins),
-                ("refresh", refreshes),
-                ("failure", failures),
+                ("sign_in", t.sign_ins),
+                ("refresh", t.refreshes),
+                ("failure", t.failures),
             ] {
                 let _ = writeln!(
                     out,
                     "model_proxy_token_events_total{{server=\"{}\",event=\"{kind}\"}} {n}",
-                    label(id)
+                    label(&t.server)
                 );
             }
         }
@@ -179,7 +181,12 @@ mod tests {
             queued: 1,
             in_flight: 2,
             workers: 3,
-            tokens: vec![("s".into(), 1, 2, 0)],
+            tokens: vec![TokenCounts {
+                server: "s".into(),
+                sign_ins: 1,
+                refreshes: 2,
+                failures: 0,
+            }],
         });
         assert!(text.contains(
             "model_proxy_requests_total{route=\"segmentations\",status=\"200\",model=\"abc\"} 2"

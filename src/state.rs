@@ -10,7 +10,6 @@ use crate::cors::Cors;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::Slots;
-use crate::token_store::TokenStore;
 use crate::upstream::Agents;
 
 /// Everything a request handler may need.
@@ -43,9 +42,8 @@ pub struct App {
 impl App {
     /// Builds the shared state around a loaded config.
     pub fn new(config: Config, settings: Settings, agents: Agents) -> App {
-        let store = TokenStore::new(&settings.state_dir);
         App {
-            auth: Arc::new(Auth::new(agents.auth.clone(), store)),
+            auth: Arc::new(Auth::new(agents.auth.clone(), &settings.state_dir)),
             config: RwLock::new(Arc::new(config)),
             health: Arc::new(Health::default()),
             agents,

@@ -12,24 +12,24 @@ use serde::{Deserialize, Serialize};
 
 /// What is kept for one server.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stored {
+pub(super) struct Stored {
     /// The access token.
-    pub access: Option<String>,
+    pub(super) access: Option<String>,
     /// The refresh token.
-    pub refresh: Option<String>,
+    pub(super) refresh: Option<String>,
     /// SHA-256 of the auth token already exchanged.
-    pub consumed: Option<String>,
+    pub(super) consumed: Option<String>,
 }
 
 /// The directory of token files.
 #[derive(Debug, Clone)]
-pub struct TokenStore {
+pub(super) struct TokenStore {
     dir: PathBuf,
 }
 
 impl TokenStore {
     /// A store under `state_dir/tokens` (created on first save).
-    pub fn new(state_dir: &std::path::Path) -> TokenStore {
+    pub(super) fn new(state_dir: &std::path::Path) -> TokenStore {
         TokenStore {
             dir: state_dir.join("tokens"),
         }
@@ -40,7 +40,7 @@ impl TokenStore {
     }
 
     /// What was stored for `id`; `None` when nothing usable is there.
-    pub fn load(&self, id: &str) -> Option<Stored> {
+    pub(super) fn load(&self, id: &str) -> Option<Stored> {
         let path = self.path(id);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -67,7 +67,7 @@ impl TokenStore {
     }
 
     /// Replaces what is stored for `id`, atomically.
-    pub fn save(&self, id: &str, stored: &Stored) -> std::io::Result<()> {
+    pub(super) fn save(&self, id: &str, stored: &Stored) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
         let tmp = self.dir.join(format!(".{id}.json.tmp"));
