@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::server::Setup;
+use crate::state::Options;
+use crate::upstream::Timeouts;
+
 /// What the process was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -63,6 +67,36 @@ pub struct Settings {
     pub grace_period: Duration,
     /// URL probed by `healthcheck`.
     pub url: String,
+}
+
+impl Settings {
+    /// What `serve` needs, decided here once so the core never sees the command line.
+    pub fn setup(&self) -> Setup {
+        Setup {
+            listen: self.listen.clone(),
+            tls: (!self.no_tls).then(|| (self.tls_cert.clone(), self.tls_key.clone())),
+            state_dir: self.state_dir.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            ca_file: self.ca_file.clone(),
+            timeouts: Timeouts {
+                connect: self.connect_timeout,
+                pacs: self.pacs_timeout,
+                model: self.model_timeout,
+                pacs_total: self.pacs_total_timeout,
+                model_total: self.model_total_timeout,
+                auth: self.auth_timeout,
+            },
+            options: Options {
+                config_dir: self.config_dir.clone(),
+                workers: self.workers,
+                queue: self.queue,
+                status_page: self.status_page,
+                health_interval: self.health_interval,
+                body_timeout: self.body_timeout,
+                grace_period: self.grace_period,
+            },
+        }
+    }
 }
 
 struct Flag {

@@ -35,13 +35,13 @@ impl Cors {
         h
     }
 
-    /// Extra headers for an OPTIONS preflight.
+    /// The headers an OPTIONS preflight adds to [`Cors::headers`].
     pub fn preflight_headers(
         &self,
         origin: Option<&str>,
         requested: Option<&str>,
     ) -> Vec<(&'static str, String)> {
-        let mut h = self.headers(origin);
+        let mut h = Vec::new();
         if origin.is_some_and(|o| self.allows(o)) {
             h.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS".into()));
             let allowed = requested

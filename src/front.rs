@@ -56,22 +56,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     Ok(Arc::new(config))
 }
 
-/// Where the private backend socket lives: a 0700 directory under the state directory,
-/// so no other local user can reach tiny_http around the front.
-pub fn backend_socket(state_dir: &Path) -> Result<PathBuf, String> {
-    let dir = state_dir.join("run");
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        format!(
-            "the proxy needs a writable --state-dir: cannot create {}: {e}",
-            dir.display()
-        )
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
-    let sock = dir.join(format!("backend-{}.sock", std::process::id()));
+/// The private backend socket, in `run_dir` (a 0700 directory of the state
+/// directory, so no other local user can reach tiny_http around the front).
+pub fn backend_socket(run_dir: &Path) -> PathBuf {
+    let sock = run_dir.join(format!("backend-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    Ok(sock)
+    sock
 }
 
 /// Accepts connections on `listener` (TLS when `tls` is given) and relays each to

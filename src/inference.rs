@@ -64,7 +64,7 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
     let mut payload = PayloadReader::new(source, plan.groups.clone(), format);
     payload.prime()?;
     let pacs_took = started.elapsed();
-    let spool = app.settings.state_dir.join("spool");
+    let spool = app.state_dir.sub("spool").map_err(ProxyError::internal)?;
     let posted = model::post(
         &app.agents.model,
         &plan.model,

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig => check_config(&settings),
         Command::Healthcheck => healthcheck(&settings),
-        Command::Serve => match server::serve(settings) {
+        Command::Serve => match server::serve(settings.setup()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 log::error!("{e}");

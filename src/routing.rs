@@ -10,6 +10,15 @@ use crate::ids::{invalid_uid, is_dicom_uid, is_uuid, truncate};
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// A page the proxy answers itself, at once.
+    Page(Page),
+    /// An inference, for a worker.
+    Inference(InferenceRequest),
+}
+
+/// The proxy's own pages: answered by the dispatcher, never waiting for a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
     /// `GET /healthz`: the process is alive.
     Healthz,
     /// `GET /readyz`: config loaded and workers alive.
@@ -20,8 +29,46 @@ pub enum Route {
     Metrics,
     /// `OPTIONS *`: a CORS preflight.
     Preflight,
-    /// An inference request.
-    Inference(InferenceRequest),
+}
+
+/// What a request is counted under in the metrics: known words only, so a
+/// hostile URL cannot grow them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// The route word (`segmentations`, `healthz`, ..., or `other`).
+    pub route: &'static str,
+    /// The model UUID of an inference path, lower case; empty otherwise.
+    pub model: String,
+}
+
+impl Label {
+    fn of(path: &str) -> Label {
+        let mut segs = path.trim_start_matches('/').split('/');
+        let route = match segs.next().unwrap_or("") {
+            "segmentations" => "segmentations",
+            "annotations" => "annotations",
+            "predictions" => "predictions",
+            "healthz" => "healthz",
+            "readyz" => "readyz",
+            "status" => "status",
+            "metrics" => "metrics",
+            _ => "other",
+        };
+        let model = match (Task::from_path_word(route), segs.next()) {
+            (Some(_), Some(m)) if is_uuid(m) => m.to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        Label { route, model }
+    }
+}
+
+/// A routed request: its metric label, and what it asks for or why it is refused.
+#[derive(Debug)]
+pub struct Routed {
+    /// How it is counted, whatever the outcome.
+    pub label: Label,
+    /// The route, or the client's error.
+    pub route: Result<Route, ProxyError>,
 }
 
 /// A validated inference request.
@@ -55,28 +102,35 @@ impl InferenceRequest {
 }
 
 /// Routes a request; unknown paths are 404, wrong methods 405, malformed ids 400.
-pub fn route(method: &str, target: &str) -> Result<Route, ProxyError> {
+pub fn route(method: &str, target: &str) -> Routed {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, q),
         None => (target, ""),
     };
-    if method == "OPTIONS" {
-        return Ok(Route::Preflight);
-    }
     let path = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
-    let simple = match path {
-        "/healthz" => Some(Route::Healthz),
-        "/readyz" => Some(Route::Readyz),
-        "/status" => Some(Route::Status),
-        "/metrics" => Some(Route::Metrics),
+    Routed {
+        label: Label::of(path),
+        route: route_path(method, path, query),
+    }
+}
+
+fn route_path(method: &str, path: &str, query: &str) -> Result<Route, ProxyError> {
+    if method == "OPTIONS" {
+        return Ok(Route::Page(Page::Preflight));
+    }
+    let page = match path {
+        "/healthz" => Some(Page::Healthz),
+        "/readyz" => Some(Page::Readyz),
+        "/status" => Some(Page::Status),
+        "/metrics" => Some(Page::Metrics),
         _ => None,
     };
-    if let Some(r) = simple {
+    if let Some(p) = page {
         return match method {
-            "GET" | "HEAD" => Ok(r),
+            "GET" | "HEAD" => Ok(Route::Page(p)),
             _ => Err(method_not_allowed("GET, HEAD, OPTIONS")),
         };
     }
@@ -173,7 +227,7 @@ mod tests {
     const M: &str = "1d9508dd-9089-40c3-abdd-15f47120d682";
 
     fn inf(method: &str, t: &str) -> InferenceRequest {
-        match route(method, t).unwrap() {
+        match route(method, t).route.unwrap() {
             Route::Inference(i) => i,
             r => panic!("{r:?}"),
         }
@@ -201,7 +255,7 @@ mod tests {
 
     #[test]
     fn rejects() {
-        let code = |m: &str, t: &str| route(m, t).unwrap_err().code.as_str();
+        let code = |m: &str, t: &str| route(m, t).route.unwrap_err().code.as_str();
         assert_eq!(code("GET", "/nope"), "not_found");
         assert_eq!(
             code("GET", &format!("/segmentations/{M}/studies")),
@@ -232,5 +286,15 @@ mod tests {
             "method_not_allowed"
         );
         assert_eq!(code("POST", "/healthz"), "method_not_allowed");
+    }
+
+    #[test]
+    fn labels_are_known_words() {
+        let label = |t: &str| route("GET", t).label;
+        let l = label(&format!("/segmentations/{}/studies/x..y", M.to_uppercase()));
+        assert_eq!((l.route, l.model.as_str()), ("segmentations", M));
+        assert_eq!(label("/healthz/").route, "healthz");
+        assert_eq!(label("/../etc").route, "other");
+        assert_eq!(label("/status/not-a-model").model, "");
     }
 }

@@ -1,16 +1,72 @@
-//! The state shared by the dispatcher, the workers and the background thread.
+//! The state shared by the dispatcher, the workers and the background threads,
+//! and the options and directories it was built from.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::auth::Auth;
-use crate::cli::Settings;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::Slots;
 use crate::upstream::Agents;
+
+/// What the request path needs from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory with servers.json and models.json (read again on SIGHUP).
+    pub config_dir: PathBuf,
+    /// Inference worker threads.
+    pub workers: usize,
+    /// Inferences that may wait for a worker before 503.
+    pub queue: usize,
+    /// Serve GET /status.
+    pub status_page: bool,
+    /// Pause between health polls.
+    pub health_interval: Duration,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
+    /// How long in-flight inferences may run on after SIGTERM.
+    pub grace_period: Duration,
+}
+
+/// The persistent state directory; it owns its private (0700) sub-directories.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The directory at `root` (created on first use).
+    pub fn new(root: &Path) -> StateDir {
+        StateDir {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// The root, for stores that manage their own sub-directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `root/name`, created if missing and readable by this user only.
+    pub fn sub(&self, name: &str) -> Result<PathBuf, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            format!(
+                "the proxy needs a writable --state-dir: cannot create {}: {e}",
+                dir.display()
+            )
+        })?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+}
 
 /// Everything a request handler may need.
 pub struct App {
@@ -21,8 +77,10 @@ pub struct App {
     pub health: Arc<Health>,
     /// Outgoing HTTP agents.
     pub agents: Agents,
-    /// The merged settings.
-    pub settings: Settings,
+    /// The options in force.
+    pub options: Options,
+    /// Where state lives.
+    pub state_dir: StateDir,
     /// Allowed origins.
     pub cors: Cors,
     /// Worker threads currently running (for /readyz).
@@ -41,14 +99,21 @@ pub struct App {
 
 impl App {
     /// Builds the shared state around a loaded config.
-    pub fn new(config: Config, settings: Settings, agents: Agents) -> App {
+    pub fn new(
+        config: Config,
+        options: Options,
+        state_dir: StateDir,
+        agents: Agents,
+        cors: Cors,
+    ) -> App {
         App {
-            auth: Arc::new(Auth::new(agents.auth.clone(), &settings.state_dir)),
+            auth: Arc::new(Auth::new(agents.auth.clone(), state_dir.root())),
             config: RwLock::new(Arc::new(config)),
             health: Arc::new(Health::default()),
             agents,
-            cors: Cors::new(&settings.allowed_origins),
-            settings,
+            options,
+            state_dir,
+            cors,
             workers_alive: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
@@ -72,5 +137,33 @@ impl App {
             Ok(mut c) => *c = Arc::new(config),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(config),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::upstream::Timeouts;
+
+    /// An App over an empty config, for handler tests.
+    pub(crate) fn app() -> App {
+        let config = Config {
+            servers: Default::default(),
+            models: Default::default(),
+            default_server: String::new(),
+        };
+        let options = Options {
+            config_dir: PathBuf::from("config"),
+            workers: 2,
+            queue: 4,
+            status_page: false,
+            health_interval: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            grace_period: Duration::from_secs(30),
+        };
+        let dir = std::env::temp_dir().join(format!("mp-state-{}", std::process::id()));
+        let agents = Agents::new(&Timeouts::default(), None).expect("agents without a CA file");
+        let cors = Cors::new(&["https://*.zhiva.ai".to_string()]);
+        App::new(config, options, StateDir::new(&dir), agents, cors)
     }
 }

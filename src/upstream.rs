@@ -4,8 +4,39 @@ use std::time::Duration;
 
 use ureq::Agent;
 
-use crate::cli::Settings;
 use crate::trust;
+
+/// How long each kind of upstream may take.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP/TLS connect, every upstream.
+    pub connect: Duration,
+    /// Longest silence from a PACS (waiting for headers or between reads).
+    pub pacs: Duration,
+    /// Longest silence from a model (it may think this long before answering).
+    pub model: Duration,
+    /// Longest whole exchange with a PACS.
+    pub pacs_total: Duration,
+    /// Longest whole exchange with a model (upload, thinking, answer).
+    pub model_total: Duration,
+    /// Longest exchange with the auth service.
+    pub auth: Duration,
+}
+
+impl Default for Timeouts {
+    /// The documented defaults.
+    fn default() -> Timeouts {
+        let s = Duration::from_secs;
+        Timeouts {
+            connect: s(10),
+            pacs: s(60),
+            model: s(600),
+            pacs_total: s(1800),
+            model_total: s(3600),
+            auth: s(30),
+        }
+    }
+}
 
 /// The agents for PACS, models and health probes.
 #[derive(Clone)]
@@ -21,29 +52,27 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// Builds the agents from the settings; fails only on an unreadable CA file.
-    pub fn new(s: &Settings) -> Result<Agents, String> {
-        let tls = trust::client_config(s.ca_file.as_deref())?;
-        let pacs = base(s.connect_timeout)
-            .timeout_recv_response(Some(s.pacs_timeout))
-            .timeout_per_read(Some(s.pacs_timeout))
-            .timeout_global(Some(s.pacs_total_timeout))
+    /// Builds the agents; fails only on an unreadable CA file.
+    pub fn new(t: &Timeouts, ca_file: Option<&std::path::Path>) -> Result<Agents, String> {
+        let tls = trust::client_config(ca_file)?;
+        let pacs = base(t.connect)
+            .timeout_recv_response(Some(t.pacs))
+            .timeout_per_read(Some(t.pacs))
+            .timeout_global(Some(t.pacs_total))
             .build();
-        let model = base(s.connect_timeout)
+        let model = base(t.connect)
             // The model reads its body as we write it; a model that stops reading is stuck.
-            .timeout_per_write(Some(s.model_timeout))
+            .timeout_per_write(Some(t.model))
             // Then it thinks: for minutes, by default.
-            .timeout_recv_response(Some(s.model_timeout))
-            .timeout_per_read(Some(s.model_timeout))
-            .timeout_global(Some(s.model_total_timeout))
+            .timeout_recv_response(Some(t.model))
+            .timeout_per_read(Some(t.model))
+            .timeout_global(Some(t.model_total))
             .build();
         let short = Duration::from_secs(5);
-        let probe = base(s.connect_timeout.min(short))
+        let probe = base(t.connect.min(short))
             .timeout_global(Some(short))
             .build();
-        let auth = base(s.connect_timeout)
-            .timeout_global(Some(s.auth_timeout))
-            .build();
+        let auth = base(t.connect).timeout_global(Some(t.auth)).build();
         let agent = |c| trust::agent(c, tls.clone());
         Ok(Agents {
             pacs: agent(pacs),

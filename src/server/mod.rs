@@ -1,0 +1,237 @@
+//! The server: start-up, then a dispatcher loop that answers the proxy's own
+//! pages itself and hands inferences to the worker pool.
+//!
+//! Health, readiness, the status page and CORS preflights never wait for a
+//! worker, so they answer even while every worker is busy with a long inference.
+//!
+//! `pages` answers the built-in routes, `pool` runs inferences, `body` reads a
+//! request body within its timeout, and `reply` is the one place that writes an
+//! answer, logs it and counts it.
+
+mod body;
+mod pages;
+mod pool;
+mod reply;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tiny_http::{Request, Server};
+
+use crate::config::{self, Config};
+use crate::error::{Code, ProxyError};
+use crate::front;
+use crate::health;
+use crate::routing::{self, Route};
+use crate::state::{App, Options, StateDir};
+use crate::systemd;
+use crate::upstream::{Agents, Timeouts};
+use crate::{auth, cors::Cors};
+use pool::{Job, Pool};
+use reply::{send, Arrival, Reply};
+
+/// Everything the server needs from the command line, decided once at start-up.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Address to listen on.
+    pub listen: String,
+    /// TLS certificate chain and key (PEM); `None` serves plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Persistent state: tokens, the backend socket, the spool.
+    pub state_dir: PathBuf,
+    /// CORS origin patterns.
+    pub allowed_origins: Vec<String>,
+    /// Extra CA certificates for upstream HTTPS.
+    pub ca_file: Option<PathBuf>,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// What the request path needs.
+    pub options: Options,
+}
+
+/// Loads the config, starts the background threads and the workers, and serves until SIGTERM.
+pub fn serve(setup: Setup) -> Result<(), String> {
+    let config = load_config(&setup.options.config_dir)?;
+    let agents = Agents::new(&setup.timeouts, setup.ca_file.as_deref())?;
+    let tls = match &setup.tls {
+        Some((cert, key)) => Some(front::server_config(cert, key)?),
+        None => None,
+    };
+    let state_dir = StateDir::new(&setup.state_dir);
+    let listener = TcpListener::bind(&setup.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", setup.listen))?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let public = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let sock = front::backend_socket(&state_dir.sub("run")?);
+    let server = Server::http_unix(&sock)
+        .map_err(|e| format!("cannot open the backend socket {}: {e}", sock.display()))?;
+    thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || front::serve(listener, tls, sock))
+        .map_err(|e| format!("cannot start the listener: {e}"))?;
+    log::info!(
+        "listening on {public} with {} workers; {} servers, {} models from {}",
+        setup.options.workers,
+        config.servers.len(),
+        config.models.len(),
+        setup.options.config_dir.display()
+    );
+    let app = Arc::new(App::new(
+        config,
+        setup.options,
+        state_dir,
+        agents,
+        Cors::new(&setup.allowed_origins),
+    ));
+    let poll_app = app.clone();
+    health::spawn(
+        app.agents.probe.clone(),
+        app.auth.clone(),
+        move || poll_app.config(),
+        app.health.clone(),
+        app.options.health_interval,
+    );
+    let token_app = app.clone();
+    auth::spawn(app.auth.clone(), move || token_app.config());
+    let pool = Pool::start(&app)?;
+    run(&app, &server, pool)
+}
+
+/// The dispatcher loop, with signals: SIGHUP reloads, SIGTERM drains and stops.
+fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
+    let signals = Signals::register()?;
+    systemd::notify("READY=1");
+    let mut pool = Some(pool);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if signals.hup.swap(false, Ordering::SeqCst) {
+            reload(app);
+        }
+        if deadline.is_none() && signals.term.load(Ordering::SeqCst) {
+            let grace = app.options.grace_period;
+            log::info!(
+                "shutting down: no new inferences; waiting up to {}s for those in flight",
+                grace.as_secs()
+            );
+            systemd::notify("STOPPING=1");
+            app.shutting_down.store(true, Ordering::SeqCst);
+            // Workers drain the queue, then see the channel closed and stop.
+            pool = None;
+            deadline = Some(Instant::now() + grace);
+        }
+        if let Some(d) = deadline {
+            let busy = app.in_flight.load(Ordering::SeqCst);
+            if busy == 0 {
+                break;
+            }
+            if Instant::now() >= d {
+                log::warn!("grace period over with {busy} inference(s) still running; exiting");
+                break;
+            }
+        }
+        match server.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(rq)) => dispatch(app, pool.as_ref(), rq),
+            Ok(None) => {}
+            Err(e) => log::warn!("receiving a request failed: {e}"),
+        }
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Answers pages at once and queues inferences; during shutdown, refuses them.
+fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
+    let started = Instant::now();
+    let routed = routing::route(rq.method().as_str(), rq.url());
+    let arrival = Arrival {
+        started,
+        label: routed.label,
+    };
+    match (routed.route, pool) {
+        (Ok(Route::Page(page)), _) => {
+            let reply = pages::answer(app, page, &rq);
+            send(app, rq, reply, &arrival);
+        }
+        (Ok(Route::Inference(route)), Some(pool)) => pool.submit(app, Job { rq, route, arrival }),
+        (Ok(Route::Inference(_)), None) => {
+            let e = ProxyError::new(
+                Code::ShuttingDown,
+                "the proxy is shutting down; retry on another instance",
+            )
+            .with_header("Retry-After", "5")
+            .with_header("Connection", "close");
+            send(app, rq, Reply::error(&e), &arrival);
+        }
+        (Err(e), _) => send(app, rq, Reply::error(&e), &arrival),
+    }
+}
+
+/// SIGHUP: load both files again; a config that fails validation is refused and the old one stays.
+fn reload(app: &App) {
+    systemd::notify("RELOADING=1");
+    match config::load(&app.options.config_dir) {
+        Ok(c) => {
+            log::info!(
+                "config reloaded: {} servers, {} models",
+                c.servers.len(),
+                c.models.len()
+            );
+            app.set_config(c);
+            app.auth.reload();
+        }
+        Err(problems) => {
+            for p in &problems {
+                log::error!("{p}");
+            }
+            log::error!(
+                "config reload refused ({} problem(s)); the previous config stays in force",
+                problems.len()
+            );
+        }
+    }
+    systemd::notify("READY=1");
+}
+
+/// The signals the server acts on, as flags the dispatcher polls.
+struct Signals {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, String> {
+        let s = Signals {
+            term: Arc::new(AtomicBool::new(false)),
+            hup: Arc::new(AtomicBool::new(false)),
+        };
+        let reg = |sig, flag: &Arc<AtomicBool>| {
+            signal_hook::flag::register(sig, flag.clone())
+                .map_err(|e| format!("cannot handle signal {sig}: {e}"))
+        };
+        reg(signal_hook::consts::SIGTERM, &s.term)?;
+        reg(signal_hook::consts::SIGINT, &s.term)?;
+        reg(signal_hook::consts::SIGHUP, &s.hup)?;
+        Ok(s)
+    }
+}
+
+/// Loads and validates the config, logging every problem.
+fn load_config(dir: &std::path::Path) -> Result<Config, String> {
+    config::load(dir).map_err(|problems| {
+        for p in &problems {
+            log::error!("{p}");
+        }
+        format!(
+            "{} problem(s) in the config under {}; nothing started (check with `model-proxy check-config`)",
+            problems.len(),
+            dir.display()
+        )
+    })
+}
