@@ -1,27 +1,124 @@
-//! model-proxy as a library: every concern in its own module. The binary
-//! (`main.rs`) only parses the command line and calls into it; the fuzz targets
-//! and benchmarks reach the parsers through here.
+//! model-proxy: between a DICOM viewer, DICOMweb PACS servers and AI model APIs.
+//!
+//! A request flows one way:
+//! `request -> route -> plan -> fetch -> encode -> post -> relay`.
+//! The router validates every id in the URL; the plan resolves the model and the
+//! server and refuses what cannot work, before any upstream is contacted; the
+//! PACS answer is parsed as it streams in and each DICOM part is re-encoded on
+//! the fly into the model's request body; the model's answer is relayed as it
+//! arrives.
+//!
+//! The module map (the README's Development section opens with the same; a
+//! test keeps the two equal):
+//!
+//! ```text
+//! src/
+//!   main.rs        calls cli::run, nothing else
+//!   cli.rs         flags and ZHIVA_* environment; check-config, healthcheck, serve
+//!   config/        servers.json and models.json: fields (the lenient reader), servers,
+//!                  models, schema (the typed config), jsonc (comments, trailing commas)
+//!   ids.rs         UUID and DICOM UID checks; URIs without credentials
+//!   routing.rs     method + target -> Route (a page or an inference) and its metric label
+//!   plan.rs        inference + config (+ body) -> what to fetch, where to post
+//!   pacs.rs        WADO-RS client (auth, retries before the first byte)
+//!   multipart.rs   streaming multipart/related parser
+//!   payload.rs     the zhiva payload encoder, as a Read
+//!   model.rs       the model client: post, spool, per-model concurrency
+//!   inference.rs   plan -> fetch -> encode -> post -> relay
+//!   auth/          PACS credentials: facade -> tokens (state machine) -> service
+//!                  (auth service calls), jwt (timing), store (0600 files), basic
+//!   health.rs      background health poller
+//!   status.rs      the status page
+//!   server/        start-up and dispatcher, pool (workers), body (timed reads),
+//!                  pages (healthz, readyz, status, metrics, preflight), reply (the
+//!                  one writer: CORS, access log, metrics)
+//!   front.rs       the public listener: rustls (or plain) in front of tiny_http
+//!   trust.rs       upstream TLS verification (roots, CA file, pinning)
+//!   upstream.rs    one ureq agent per kind of upstream, with its timeouts
+//!   state.rs       App (the shared state), Options, StateDir
+//!   error.rs       Code (the closed set of error codes) and ProxyError
+//!   metrics.rs     Prometheus counters and histograms
+//!   cors.rs, time.rs, systemd.rs
+//! ```
+//!
+//! The library exposes only [`run`] (the whole program, for `main.rs`) and
+//! [`parsers`] (the code that faces untrusted input, for the fuzz targets).
 
-pub mod auth;
-pub mod cli;
-pub mod config;
-pub mod cors;
-pub mod error;
-pub mod front;
-pub mod health;
-pub mod ids;
-pub mod inference;
-pub mod metrics;
-pub mod model;
-pub mod multipart;
-pub mod pacs;
-pub mod payload;
-pub mod plan;
-pub mod routing;
-pub mod server;
-pub mod state;
-pub mod status;
-pub mod systemd;
-pub mod time;
-pub mod trust;
-pub mod upstream;
+#![forbid(unsafe_code)]
+
+mod auth;
+mod cli;
+mod config;
+mod cors;
+mod error;
+mod front;
+mod health;
+mod ids;
+mod inference;
+mod metrics;
+mod model;
+mod multipart;
+mod pacs;
+mod payload;
+mod plan;
+mod routing;
+mod server;
+mod state;
+mod status;
+mod systemd;
+mod time;
+mod trust;
+mod upstream;
+
+pub use cli::run;
+
+/// The code that parses untrusted input, for the fuzz targets in `tests/fuzz`.
+pub mod parsers {
+    pub use crate::auth::{base64, jwt_times};
+    pub use crate::config::from_texts;
+    pub use crate::config::jsonc::{line_col, to_strict};
+    pub use crate::error::Code;
+    pub use crate::ids::{is_dicom_uid, is_uuid};
+    pub use crate::multipart::{boundary, find, Multipart};
+    pub use crate::payload::encode_bytes;
+    pub use crate::routing::{route, Page, Route};
+}
+
+#[cfg(test)]
+mod tests {
+    /// The module map in the crate doc above and in the README are the same text,
+    /// and every module declared here is on it.
+    #[test]
+    fn module_map_matches_the_readme() {
+        let lib = include_str!("lib.rs");
+        let doc: String = lib
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let block = |text: &str, open: &str| -> String {
+            let start = text.find(open).expect("a module map block") + open.len();
+            let end = start + text[start..].find("```").expect("closed block");
+            text[start..end].trim().to_string()
+        };
+        let ours = block(&doc, "```text\n");
+        let readme = include_str!("../README.md");
+        let dev = &readme[readme
+            .find("\n## Development")
+            .expect("README Development section")..];
+        // The README's map goes on with tests/ and scripts/.
+        assert!(
+            block(dev, "```\n").starts_with(&ours),
+            "README and lib.rs module maps differ"
+        );
+        for line in lib.lines() {
+            if let Some(m) = line.strip_prefix("mod ").and_then(|m| m.strip_suffix(';')) {
+                assert!(
+                    ours.contains(&format!("{m}.rs")) || ours.contains(&format!("{m}/")),
+                    "module {m} is not on the map"
+                );
+            }
+        }
+    }
+}

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use schema::{AuthType, DataKey, Level, Model, Server, Task};
+#[cfg(test)]
+pub use schema::DataKey;
+pub use schema::{AuthType, Level, Model, Server, Task};
 
 use fields::Source;
 

@@ -5,8 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use model_proxy::config::{from_texts, is_uuid};
-use model_proxy::jsonc::{line_col, to_strict};
+use model_proxy::parsers::{from_texts, is_uuid, line_col, to_strict};
 
 fuzz_target!(|data: &[u8]| {
     // servers.json and models.json are split at the first 0x00 byte (or in the middle).

@@ -3,10 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use model_proxy::auth::jwt_times;
+use model_proxy::parsers::jwt_times;
 
 fn b64url(data: &[u8]) -> String {
-    model_proxy::auth::base64(data)
+    model_proxy::parsers::base64(data)
         .trim_end_matches('=')
         .replace('+', "-")
         .replace('/', "_")

@@ -7,7 +7,7 @@
 use std::io::{self, Read};
 
 use libfuzzer_sys::fuzz_target;
-use model_proxy::multipart::{boundary, find, Multipart};
+use model_proxy::parsers::{boundary, find, Multipart};
 
 /// Hands out at most `step` bytes per read, and an `Interrupted` error now and then.
 struct Trickle<'a> {

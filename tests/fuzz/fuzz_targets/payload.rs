@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use model_proxy::payload::encode_bytes;
+use model_proxy::parsers::encode_bytes;
 
 fuzz_target!(|data: &[u8]| {
     let mut out = b"[".to_vec();

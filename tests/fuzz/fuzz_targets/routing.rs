@@ -3,8 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use model_proxy::config::is_uuid;
-use model_proxy::routing::{is_dicom_uid, route, Route};
+use model_proxy::parsers::{is_dicom_uid, is_uuid, route, Page, Route};
 
 const METHODS: &[&str] = &["GET", "POST", "OPTIONS", "HEAD", "PUT", "DELETE", "get", ""];
 
@@ -25,8 +24,8 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(method: &str, target: &str) {
-    match route(method, target) {
-        Ok(Route::Preflight) => assert_eq!(method, "OPTIONS"),
+    match route(method, target).route {
+        Ok(Route::Page(Page::Preflight)) => assert_eq!(method, "OPTIONS"),
         Ok(Route::Inference(r)) => {
             assert!(method == "GET" || method == "POST", "{method:?}");
             assert_eq!(r.has_body, method == "POST");
@@ -52,7 +51,7 @@ fn check(method: &str, target: &str) {
         // The fixed pages (healthz, readyz, status, metrics, ...).
         Ok(_) => assert!(method == "GET" || method == "HEAD", "{method:?}"),
         Err(e) => {
-            assert!(matches!(e.status, 400 | 404 | 405), "{e:?}");
+            assert!(matches!(e.status(), 400 | 404 | 405), "{e:?}");
             // Echoed input is truncated: an error never grows with the URL.
             assert!(e.message.len() <= 2048, "{} byte message", e.message.len());
         }
