@@ -93,7 +93,7 @@ python3 - "$work/result.json" "$study" "$series" <<'PY'
 import json, sys
 result = json.load(open(sys.argv[1]))
 study, series = sys.argv[2], sys.argv[3]
-if "error" in result:
+if "code" in result and "message" in result:
     print(json.dumps(result, indent=2)); sys.exit(1)
 instances = {k: v for k, v in result[study][series].items() if k != "metadata"}
 print(f"segmentation of series {series}: {len(instances)} instances")

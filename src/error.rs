@@ -168,15 +168,22 @@ impl ProxyError {
         self
     }
 
-    /// The JSON body: `{"error": {"code": ..., "message": ...}}`.
+    /// The body: an RFC 7807 Problem (`type`, `title`, `status`, `detail`) with
+    /// the viewer's top-level `message` (the same text as `detail`), our stable
+    /// `code`, and `upstream_status` when an upstream answered with an error.
     pub fn to_json(&self) -> String {
-        let mut inner = serde_json::Map::new();
-        inner.insert("code".into(), self.code.as_str().into());
-        inner.insert("message".into(), self.message.clone().into());
-        if let Some(s) = self.upstream_status {
-            inner.insert("upstream_status".into(), s.into());
+        let mut body = serde_json::json!({
+            "type": "about:blank",
+            "title": reason(self.status()),
+            "status": self.status(),
+            "detail": self.message,
+            "message": self.message,
+            "code": self.code.as_str(),
+        });
+        if let (Some(s), Some(obj)) = (self.upstream_status, body.as_object_mut()) {
+            obj.insert("upstream_status".into(), s.into());
         }
-        serde_json::json!({ "error": inner }).to_string()
+        body.to_string()
     }
 
     /// Wraps the error in an `io::Error`, so it can travel through a `Read` (the
@@ -188,6 +195,30 @@ impl ProxyError {
     /// The error an `io::Error` carries, when [`ProxyError::into_io`] made it.
     pub fn carried_by(err: &io::Error) -> Option<ProxyError> {
         err.get_ref()?.downcast_ref::<ProxyError>().cloned()
+    }
+}
+
+/// The media type of an error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The HTTP reason phrase: a Problem's `title` when its `type` is `about:blank`.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
     }
 }
 
@@ -245,9 +276,19 @@ mod tests {
     fn json_shape() {
         let e = ProxyError::upstream_status(Upstream::Model, 500, "boom");
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
-        assert_eq!(v["error"]["code"], "model_error");
-        assert_eq!(v["error"]["upstream_status"], 500);
-        assert_eq!(e.status(), 502);
+        assert_eq!(v["code"], "model_error");
+        assert_eq!(v["upstream_status"], 500);
+        assert_eq!((v["status"].as_u64(), e.status()), (Some(502), 502));
+        assert_eq!(v["title"], "Bad Gateway");
+        assert_eq!(v["message"], v["detail"]);
+        assert!(v["message"].as_str().unwrap().contains("boom"));
+    }
+
+    #[test]
+    fn every_code_has_a_reason_phrase() {
+        for c in Code::ALL {
+            assert_ne!(reason(c.status()), "Error", "{c}");
+        }
     }
 
     #[test]

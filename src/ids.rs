@@ -32,6 +32,19 @@ pub fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// A WADO-RS path in words, for messages: "series 1.3 of study 1.2".
+pub fn describe_path(path: &str) -> String {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["studies", st, "series", se, "instances", i] => {
+            format!("instance {i} of series {se} of study {st}")
+        }
+        ["studies", st, "series", se] => format!("series {se} of study {st}"),
+        ["studies", st] => format!("study {st}"),
+        _ => path.to_string(),
+    }
+}
+
 /// The URI with any `user:password@` removed, for logs and the status page.
 pub fn redact_uri(u: &str) -> String {
     let (scheme, rest) = match u.find("://") {

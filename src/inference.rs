@@ -55,13 +55,13 @@ pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Rel
         opened: false,
         server: &plan.server,
     };
-    let format = match (plan.keyed, plan.model.multipart) {
-        (true, _) => Format::Keyed,
-        (false, true) => Format::multipart(),
-        (false, false) => Format::Array,
+    let format = if plan.model.multipart {
+        Format::multipart()
+    } else {
+        Format::Json
     };
     let content_type = format.content_type();
-    let mut payload = PayloadReader::new(source, plan.groups.clone(), format);
+    let mut payload = PayloadReader::new(source, &plan.layout, format);
     payload.prime()?;
     let pacs_took = started.elapsed();
     let spool = app.state_dir.sub("spool").map_err(ProxyError::internal)?;

@@ -19,7 +19,8 @@
 //!                  models, schema (the typed config), jsonc (comments, trailing commas)
 //!   ids.rs         UUID and DICOM UID checks; URIs without credentials
 //!   routing.rs     method + target -> Route (a page or an inference) and its metric label
-//!   plan.rs        inference + config (+ body) -> what to fetch, where to post
+//!   filters.rs     data-filters: the query's two browser encodings and the POST body
+//!   plan.rs        inference + config + data filters -> the body's layout, checked
 //!   pacs.rs        WADO-RS client (auth, retries before the first byte)
 //!   multipart.rs   streaming multipart/related parser
 //!   payload.rs     the zhiva payload encoder, as a Read
@@ -51,6 +52,7 @@ mod cli;
 mod config;
 mod cors;
 mod error;
+mod filters;
 mod front;
 mod health;
 mod ids;

@@ -7,6 +7,7 @@ use ureq::{Agent, BodyReader};
 use crate::auth::Auth;
 use crate::config::{AuthType, Server};
 use crate::error::{self, Code, ProxyError, Upstream};
+use crate::ids::describe_path;
 use crate::multipart::{self, Multipart};
 use crate::payload::Source;
 
@@ -73,7 +74,7 @@ pub fn retrieve(
         404 => {
             return Err(ProxyError::new(
                 Code::PacsNotFound,
-                format!("{} not found on server {}", describe(path), server.id),
+                format!("{} not found on server {}", describe_path(path), server.id),
             ))
         }
         401 | 403 => {
@@ -102,19 +103,6 @@ pub fn retrieve(
     Ok(Multipart::new(resp.into_body().into_reader(), &boundary))
 }
 
-/// "study 1.2" / "series 1.3 of study 1.2" / ... for messages.
-fn describe(path: &str) -> String {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segs.as_slice() {
-        ["studies", st, "series", se, "instances", i] => {
-            format!("instance {i} of series {se} of study {st}")
-        }
-        ["studies", st, "series", se] => format!("series {se} of study {st}"),
-        ["studies", st] => format!("study {st}"),
-        _ => path.to_string(),
-    }
-}
-
 /// A payload source reading one server.
 pub struct PacsSource<'a> {
     /// The PACS agent.
@@ -135,5 +123,9 @@ impl Source for PacsSource<'_> {
         let retry = !self.opened;
         self.opened = true;
         retrieve(self.agent, self.auth, self.server, path, retry)
+    }
+
+    fn server(&self) -> &str {
+        &self.server.id
     }
 }

@@ -1,15 +1,17 @@
-//! The zhiva payload encoding, produced as a stream.
+//! The model's request body, produced as a stream.
 //!
-//! Models expect a JSON array of strings, each the JSON text of one DICOM file's
-//! byte array (`["[0,0,...,68,73,67,77,...]", ...]`), or for models with a
-//! `dataFilter` an object `{"<dataKey>": {"data": [...]}}`. [`PayloadReader`]
-//! pulls DICOM parts from WADO-RS multipart responses one buffer at a time and
-//! hands out the encoded text through [`Read`], so the model request body is
-//! written while the PACS is still sending and memory stays a few buffers.
+//! A [`Layout`] says where each instance goes (the zhiva docs' six model types:
+//! a list, one instance string, or objects keyed by dataKey, nested one level).
+//! [`PayloadReader`] pulls DICOM parts from WADO-RS multipart responses one
+//! buffer at a time and hands out the encoded text through [`Read`], so the
+//! model request body is written while the PACS is still sending and memory
+//! stays a few buffers. An "instance string" is the JSON text of one DICOM file's
+//! byte array (`"[0,0,...,68,73,67,77,...]"`).
 
 use std::io::{self, Read};
 
 use crate::error::{self, Code, ProxyError, Upstream};
+use crate::ids::describe_path;
 use crate::multipart::{Multipart, MultipartError};
 
 /// Opens the WADO-RS multipart stream behind one PACS path.
@@ -18,15 +20,37 @@ pub trait Source {
     type Body: Read;
     /// Starts the retrieval of `path` (relative to the DICOMweb root).
     fn open(&mut self, path: &str) -> Result<Multipart<Self::Body>, ProxyError>;
+    /// The server's id, for messages.
+    fn server(&self) -> &str;
+}
+
+/// Where the instances of WADO-RS paths go in the model's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// `["<instance>", ...]`: every instance these paths return, in order.
+    List(Vec<String>),
+    /// `"<instance>"`: the one instance this path returns.
+    One(String),
+    /// `{"<key>": {"data": <layout>}, ...}`, in this order.
+    Keyed(Vec<(String, Layout)>),
+}
+
+impl Layout {
+    /// Every WADO-RS path, in body order.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            Layout::List(p) => p.iter().map(String::as_str).collect(),
+            Layout::One(p) => vec![p.as_str()],
+            Layout::Keyed(entries) => entries.iter().flat_map(|(_, l)| l.paths()).collect(),
+        }
+    }
 }
 
 /// How the instances are written for the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {
-    /// The zhiva array: `["[0,1,...]", ...]`.
-    Array,
-    /// The zhiva dataFilter object: `{"<key>": {"data": [...]}}`.
-    Keyed,
+    /// The zhiva JSON of the layout.
+    Json,
     /// DICOMweb's `multipart/related; type="application/dicom"`, with this boundary
     /// (a model's opt-in: the DICOM bytes as they are, a third of the zhiva size).
     Multipart(String),
@@ -39,7 +63,7 @@ impl Format {
             Format::Multipart(b) => {
                 format!("multipart/related; type=\"application/dicom\"; boundary={b}")
             }
-            _ => "application/json".into(),
+            Format::Json => "application/json".into(),
         }
     }
 
@@ -59,24 +83,65 @@ impl Format {
     }
 }
 
-/// Instances sent under one key (or, with `key: None`, the plain array).
+/// One step of writing a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    /// The dataKey; `None` for the plain array.
-    pub key: Option<String>,
-    /// WADO-RS paths whose instances go in this group, in order.
-    pub paths: Vec<String>,
+enum Op {
+    /// Structural JSON, as is.
+    Text(Vec<u8>),
+    /// A list starts: its first item gets no comma.
+    Open,
+    /// Every instance of this path, as list items (at least one).
+    Items(String),
+    /// The one instance of this path, as a JSON string.
+    One(String),
+}
+
+/// The layout as a flat program of ops.
+fn compile(layout: &Layout, format: &Format, ops: &mut Vec<Op>) {
+    if matches!(format, Format::Multipart(_)) {
+        ops.extend(layout.paths().into_iter().map(|p| Op::Items(p.to_string())));
+        return;
+    }
+    match layout {
+        Layout::List(paths) => {
+            ops.push(Op::Text(b"[".to_vec()));
+            ops.push(Op::Open);
+            ops.extend(paths.iter().map(|p| Op::Items(p.clone())));
+            ops.push(Op::Text(b"]".to_vec()));
+        }
+        Layout::One(path) => ops.push(Op::One(path.clone())),
+        Layout::Keyed(entries) => {
+            for (i, (key, inner)) in entries.iter().enumerate() {
+                let mut t = if i == 0 {
+                    b"{".to_vec()
+                } else {
+                    b"},".to_vec()
+                };
+                // A dataKey is a JSON string whatever it holds.
+                let key = serde_json::to_string(key).unwrap_or_else(|_| "\"\"".into());
+                t.extend_from_slice(key.as_bytes());
+                t.extend_from_slice(b":{\"data\":");
+                ops.push(Op::Text(t));
+                compile(inner, format, ops);
+            }
+            ops.push(Op::Text(if entries.is_empty() {
+                b"{}".to_vec()
+            } else {
+                b"}}".to_vec()
+            }));
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    Start,
-    GroupStart,
-    NextPath,
+    /// Run the next op.
+    NextOp,
+    /// Look for the next part of the current path.
     NextPart,
+    /// Copy (or encode) the current part.
     InPart { first_byte: bool },
-    GroupEnd,
-    End,
+    /// The last op is done.
     Finished,
 }
 
@@ -137,11 +202,14 @@ pub fn encode_bytes(bytes: &[u8], first: bool, out: &mut Vec<u8>) {
 /// The model request body, generated on demand from PACS streams.
 pub struct PayloadReader<S: Source> {
     source: S,
-    groups: Vec<Group>,
+    ops: Vec<Op>,
+    oi: usize,
     format: Format,
-    gi: usize,
-    pi: usize,
-    first_in_group: bool,
+    /// The current op's path is a `One`: exactly one instance, no list comma.
+    one: bool,
+    /// Parts found so far under the current path.
+    parts: u64,
+    first_in_list: bool,
     current: Option<Multipart<S::Body>>,
     step: Step,
     out: Vec<u8>,
@@ -158,17 +226,20 @@ pub struct PayloadReader<S: Source> {
 }
 
 impl<S: Source> PayloadReader<S> {
-    /// A payload over `groups` in `format`.
-    pub fn new(source: S, groups: Vec<Group>, format: Format) -> Self {
+    /// A payload of `layout` in `format`.
+    pub fn new(source: S, layout: &Layout, format: Format) -> Self {
+        let mut ops = Vec::new();
+        compile(layout, &format, &mut ops);
         PayloadReader {
             source,
-            groups,
+            ops,
+            oi: 0,
             format,
-            gi: 0,
-            pi: 0,
-            first_in_group: true,
+            one: false,
+            parts: 0,
+            first_in_list: true,
             current: None,
-            step: Step::Start,
+            step: Step::NextOp,
             out: Vec::with_capacity(SCRATCH * 4 + 64),
             out_pos: 0,
             scratch: vec![0; SCRATCH],
@@ -179,11 +250,11 @@ impl<S: Source> PayloadReader<S> {
         }
     }
 
-    /// Opens the first PACS stream now, so that a missing study or a PACS that is
-    /// down is reported before a single byte goes to the model.
+    /// Runs up to the first DICOM byte, so that a missing or empty study or
+    /// series, or a PACS that is down, is reported before anything goes to the model.
     pub fn prime(&mut self) -> Result<(), ProxyError> {
-        if let Some(path) = self.groups.first().and_then(|g| g.paths.first()) {
-            self.current = Some(self.source.open(path)?);
+        while !matches!(self.step, Step::InPart { .. } | Step::Finished) {
+            self.advance()?;
         }
         Ok(())
     }
@@ -191,136 +262,140 @@ impl<S: Source> PayloadReader<S> {
     /// Produces the next piece of output into `self.out`.
     fn advance(&mut self) -> Result<(), ProxyError> {
         match self.step {
-            Step::Start => {
-                match self.format {
-                    Format::Array => self.out.push(b'['),
-                    Format::Keyed => self.out.push(b'{'),
-                    Format::Multipart(_) => {}
-                }
-                self.step = Step::GroupStart;
-            }
-            Step::GroupStart => {
-                let Some(group) = self.groups.get(self.gi) else {
-                    self.step = Step::End;
-                    return Ok(());
-                };
-                if let (Format::Keyed, Some(key)) = (&self.format, &group.key) {
-                    if self.gi > 0 {
-                        self.out.push(b',');
-                    }
-                    let key = serde_json::to_string(key).unwrap_or_else(|_| "\"\"".into());
-                    self.out.extend_from_slice(key.as_bytes());
-                    self.out.extend_from_slice(b":{\"data\":[");
-                }
-                self.first_in_group = true;
-                self.pi = 0;
-                self.step = Step::NextPath;
-            }
-            Step::NextPath => {
-                let Some(path) = self.groups[self.gi].paths.get(self.pi) else {
-                    self.step = Step::GroupEnd;
-                    return Ok(());
-                };
-                if self.current.is_none() {
-                    self.current = Some(self.source.open(path)?);
-                }
-                self.step = Step::NextPart;
-            }
-            Step::NextPart => {
-                let Some(mp) = self.current.as_mut() else {
-                    self.step = Step::NextPath;
-                    return Ok(());
-                };
-                if mp.next_part().map_err(pacs_read_error)? {
-                    if let Some(ct) = mp.part_content_type() {
-                        let mime = ct.split(';').next().unwrap_or("").trim();
-                        if !mime.eq_ignore_ascii_case("application/dicom") {
-                            return Err(ProxyError::new(Code::PacsBadResponse,
-                                format!("the pacs sent a {mime:?} part where application/dicom was expected"),
-                            ));
-                        }
-                    }
-                    match &self.format {
-                        Format::Multipart(b) => {
-                            self.out.extend_from_slice(b"--");
-                            self.out.extend_from_slice(b.as_bytes());
-                            self.out
-                                .extend_from_slice(b"\r\nContent-Type: application/dicom\r\n\r\n");
-                        }
-                        _ => {
-                            if !self.first_in_group {
-                                self.out.push(b',');
-                            }
-                            self.out.extend_from_slice(b"\"[");
-                        }
-                    }
-                    self.first_in_group = false;
-                    self.instances += 1;
-                    self.step = Step::InPart { first_byte: true };
-                } else {
-                    self.current = None;
-                    self.pi += 1;
-                    self.step = Step::NextPath;
-                }
-            }
-            Step::InPart { first_byte } => {
-                let Some(mp) = self.current.as_mut() else {
-                    return Err(ProxyError::internal("payload lost its PACS stream"));
-                };
-                // Fill the scratch buffer before encoding: big chunks to the model
-                // cost it (and us) far less than one per network read.
-                let mut filled = 0;
-                let mut ended = false;
-                while filled < self.scratch.len() {
-                    let n = mp
-                        .read(&mut self.scratch[filled..])
-                        .map_err(pacs_read_error)?;
-                    if n == 0 {
-                        ended = true;
-                        break;
-                    }
-                    filled += n;
-                }
-                let data = &self.scratch[..filled];
-                let multipart = matches!(self.format, Format::Multipart(_));
-                if multipart {
-                    self.out.extend_from_slice(data);
-                } else {
-                    encode_bytes(data, first_byte && filled > 0, &mut self.out);
-                }
-                self.dicom_bytes += filled as u64;
-                if ended {
-                    self.out
-                        .extend_from_slice(if multipart { b"\r\n" } else { b"]\"" });
-                    self.step = Step::NextPart;
-                } else {
-                    self.step = Step::InPart {
-                        first_byte: first_byte && filled == 0,
-                    };
-                }
-            }
-            Step::GroupEnd => {
-                if self.format == Format::Keyed {
-                    self.out.extend_from_slice(b"]}");
-                }
-                self.gi += 1;
-                self.step = Step::GroupStart;
-            }
-            Step::End => {
-                match &self.format {
-                    Format::Array => self.out.push(b']'),
-                    Format::Keyed => self.out.push(b'}'),
-                    Format::Multipart(b) => {
+            Step::NextOp => {
+                let Some(op) = self.ops.get(self.oi).cloned() else {
+                    if let Format::Multipart(b) = &self.format {
                         self.out.extend_from_slice(b"--");
                         self.out.extend_from_slice(b.as_bytes());
                         self.out.extend_from_slice(b"--\r\n");
                     }
+                    self.step = Step::Finished;
+                    return Ok(());
+                };
+                self.oi += 1;
+                match op {
+                    Op::Text(t) => self.out.extend_from_slice(&t),
+                    Op::Open => self.first_in_list = true,
+                    Op::Items(path) | Op::One(path) => {
+                        self.one = matches!(self.ops[self.oi - 1], Op::One(_));
+                        self.parts = 0;
+                        self.current = Some(self.source.open(&path)?);
+                        self.step = Step::NextPart;
+                    }
                 }
-                self.step = Step::Finished;
             }
+            Step::NextPart => self.next_part()?,
+            Step::InPart { first_byte } => self.in_part(first_byte)?,
             Step::Finished => {}
         }
         Ok(())
+    }
+
+    /// Starts the next part of the current path, or ends the path.
+    fn next_part(&mut self) -> Result<(), ProxyError> {
+        let path = self.current_path();
+        let Some(mp) = self.current.as_mut() else {
+            return Err(ProxyError::internal("payload lost its PACS stream"));
+        };
+        if !mp.next_part().map_err(pacs_read_error)? {
+            self.current = None;
+            self.step = Step::NextOp;
+            if self.parts == 0 {
+                return Err(ProxyError::new(
+                    Code::PacsNotFound,
+                    format!(
+                        "{} has no instances on server {}",
+                        describe_path(&path),
+                        self.source.server()
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        if self.one && self.parts > 0 {
+            return Err(ProxyError::new(
+                Code::PacsBadResponse,
+                format!(
+                    "the pacs sent more than one instance for {}",
+                    describe_path(&path)
+                ),
+            ));
+        }
+        if let Some(ct) = mp.part_content_type() {
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            if !mime.eq_ignore_ascii_case("application/dicom") {
+                return Err(ProxyError::new(
+                    Code::PacsBadResponse,
+                    format!("the pacs sent a {mime:?} part where application/dicom was expected"),
+                ));
+            }
+        }
+        match &self.format {
+            Format::Multipart(b) => {
+                self.out.extend_from_slice(b"--");
+                self.out.extend_from_slice(b.as_bytes());
+                self.out
+                    .extend_from_slice(b"\r\nContent-Type: application/dicom\r\n\r\n");
+            }
+            Format::Json => {
+                if !self.one && !self.first_in_list {
+                    self.out.push(b',');
+                }
+                self.out.extend_from_slice(b"\"[");
+            }
+        }
+        self.first_in_list = false;
+        self.parts += 1;
+        self.instances += 1;
+        self.step = Step::InPart { first_byte: true };
+        Ok(())
+    }
+
+    /// Copies or encodes the next buffer of the current part.
+    fn in_part(&mut self, first_byte: bool) -> Result<(), ProxyError> {
+        let Some(mp) = self.current.as_mut() else {
+            return Err(ProxyError::internal("payload lost its PACS stream"));
+        };
+        // Fill the scratch buffer before encoding: big chunks to the model
+        // cost it (and us) far less than one per network read.
+        let mut filled = 0;
+        let mut ended = false;
+        while filled < self.scratch.len() {
+            let n = mp
+                .read(&mut self.scratch[filled..])
+                .map_err(pacs_read_error)?;
+            if n == 0 {
+                ended = true;
+                break;
+            }
+            filled += n;
+        }
+        let data = &self.scratch[..filled];
+        let multipart = matches!(self.format, Format::Multipart(_));
+        if multipart {
+            self.out.extend_from_slice(data);
+        } else {
+            encode_bytes(data, first_byte && filled > 0, &mut self.out);
+        }
+        self.dicom_bytes += filled as u64;
+        if ended {
+            self.out
+                .extend_from_slice(if multipart { b"\r\n" } else { b"]\"" });
+            self.step = Step::NextPart;
+        } else {
+            self.step = Step::InPart {
+                first_byte: first_byte && filled == 0,
+            };
+        }
+        Ok(())
+    }
+
+    /// The path of the op being read.
+    fn current_path(&self) -> String {
+        match self.oi.checked_sub(1).and_then(|i| self.ops.get(i)) {
+            Some(Op::Items(p) | Op::One(p)) => p.clone(),
+            _ => String::new(),
+        }
     }
 }
 
@@ -393,6 +468,9 @@ mod tests {
             body.extend_from_slice(b"--B--");
             Ok(Multipart::new(Cursor::new(body), "B"))
         }
+        fn server(&self) -> &str {
+            "s"
+        }
     }
 
     fn fake() -> Fake {
@@ -402,19 +480,21 @@ mod tests {
             vec![vec![0u8, 9, 10, 99, 100, 255], vec![]],
         );
         m.insert("/s2".to_string(), vec![vec![68, 73, 67, 77]]);
+        m.insert("/i1".to_string(), vec![vec![1, 2]]);
+        m.insert("/empty".to_string(), vec![]);
         Fake(m)
     }
 
-    fn group(key: Option<&str>, paths: &[&str]) -> Group {
-        Group {
-            key: key.map(String::from),
-            paths: paths.iter().map(|p| p.to_string()).collect(),
-        }
+    fn list(paths: &[&str]) -> Layout {
+        Layout::List(paths.iter().map(|p| p.to_string()).collect())
     }
 
-    fn encode(groups: Vec<Group>, keyed: bool) -> Result<String, ProxyError> {
-        let format = if keyed { Format::Keyed } else { Format::Array };
-        let mut r = PayloadReader::new(fake(), groups, format);
+    fn one(p: &str) -> Layout {
+        Layout::One(p.to_string())
+    }
+
+    fn encode(layout: Layout) -> Result<String, ProxyError> {
+        let mut r = PayloadReader::new(fake(), &layout, Format::Json);
         r.prime()?;
         let mut s = String::new();
         match r.read_to_string(&mut s) {
@@ -425,7 +505,7 @@ mod tests {
 
     #[test]
     fn plain_array_decodes_as_the_contract_says() {
-        let s = encode(vec![group(None, &["/s1", "/s2"])], false).unwrap();
+        let s = encode(list(&["/s1", "/s2"])).unwrap();
         assert_eq!(s, r#"["[0,9,10,99,100,255]","[]","[68,73,67,77]"]"#);
         let v: Vec<String> = serde_json::from_str(&s).unwrap();
         let bytes: Vec<u8> = serde_json::from_str(&v[0]).unwrap();
@@ -433,26 +513,58 @@ mod tests {
     }
 
     #[test]
-    fn keyed_object() {
-        let s = encode(
-            vec![group(Some("one"), &["/s1"]), group(Some("t\"wo"), &["/s2"])],
-            true,
-        )
+    fn one_instance_is_a_string_not_a_list() {
+        assert_eq!(encode(one("/i1")).unwrap(), r#""[1,2]""#);
+        let e = encode(one("/s1")).unwrap_err();
+        assert_eq!(e.code, Code::PacsBadResponse);
+    }
+
+    #[test]
+    fn keyed_flat_nested_and_mixed() {
+        let s = encode(Layout::Keyed(vec![
+            ("one".into(), list(&["/s1"])),
+            ("t\"wo".into(), list(&["/s2"])),
+        ]))
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["one"]["data"].as_array().unwrap().len(), 2);
         assert_eq!(v["t\"wo"]["data"][0], "[68,73,67,77]");
+        let s = encode(Layout::Keyed(vec![
+            (
+                "series".into(),
+                Layout::Keyed(vec![("i".into(), one("/i1")), ("j".into(), one("/s2"))]),
+            ),
+            ("whole".into(), list(&["/s2"])),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s,
+            r#"{"series":{"data":{"i":{"data":"[1,2]"},"j":{"data":"[68,73,67,77]"}}},"whole":{"data":["[68,73,67,77]"]}}"#
+        );
+        let s = encode(Layout::Keyed(vec![("i".into(), one("/i1"))])).unwrap();
+        assert_eq!(s, r#"{"i":{"data":"[1,2]"}}"#);
     }
 
     #[test]
-    fn missing_first_path_fails_before_any_output() {
-        let e = encode(vec![group(None, &["/nope"])], false).unwrap_err();
-        assert_eq!(e.code, Code::PacsNotFound);
+    fn missing_or_empty_first_path_fails_before_any_output() {
+        for (path, code) in [
+            ("/nope", Code::PacsNotFound),
+            ("/empty", Code::PacsNotFound),
+        ] {
+            let mut r = PayloadReader::new(fake(), &list(&[path]), Format::Json);
+            assert_eq!(r.prime().unwrap_err().code, code, "{path}");
+        }
+        let e = encode(list(&["/empty"])).unwrap_err();
+        assert!(
+            e.message.contains("/empty has no instances"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn missing_later_path_is_kept_as_the_failure() {
-        let e = encode(vec![group(None, &["/s1", "/nope"])], false).unwrap_err();
+        let e = encode(list(&["/s1", "/nope"])).unwrap_err();
         assert_eq!(e.code, Code::PacsNotFound);
     }
 
@@ -462,7 +574,7 @@ mod tests {
         let Format::Multipart(b) = format.clone() else {
             unreachable!()
         };
-        let mut r = PayloadReader::new(fake(), vec![group(None, &["/s1", "/s2"])], format);
+        let mut r = PayloadReader::new(fake(), &list(&["/s1", "/s2"]), format);
         r.prime().unwrap();
         let mut body = Vec::new();
         r.read_to_end(&mut body).unwrap();

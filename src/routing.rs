@@ -5,6 +5,7 @@
 
 use crate::config::{Level, Task};
 use crate::error::{Code, ProxyError};
+use crate::filters;
 use crate::ids::{invalid_uid, is_dicom_uid, is_uuid, truncate};
 
 /// What a request asks for.
@@ -86,7 +87,9 @@ pub struct InferenceRequest {
     pub instance: Option<String>,
     /// `?server=` UUID, lower case.
     pub server: Option<String>,
-    /// POST carries a dataFilter body.
+    /// The decoded values of the `data-filters` query parameters, in order.
+    pub data_filters: Vec<String>,
+    /// POST carries the data filters as its body.
     pub has_body: bool,
 }
 
@@ -161,13 +164,15 @@ fn route_path(method: &str, path: &str, query: &str) -> Result<Route, ProxyError
     let study = uid(3, "study")?.unwrap_or_default();
     let series = uid(5, "series")?;
     let instance = uid(7, "instance")?;
+    let (server, data_filters) = query_params(query)?;
     Ok(Route::Inference(InferenceRequest {
         task,
         model: model.to_ascii_lowercase(),
         study,
         series,
         instance,
-        server: server_param(query)?,
+        server,
+        data_filters,
         has_body,
     }))
 }
@@ -182,28 +187,73 @@ fn shape_ok(segs: &[&str]) -> bool {
         && segs.iter().all(|s| !s.is_empty())
 }
 
-fn server_param(query: &str) -> Result<Option<String>, ProxyError> {
-    let mut found = None;
+/// `?server=` (one UUID at most) and the `data-filters` values, decoded; other
+/// parameters are ignored, as the published API allows.
+fn query_params(query: &str) -> Result<(Option<String>, Vec<String>), ProxyError> {
+    let mut server = None;
+    let mut filters = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = decode(k).unwrap_or_default();
+        if filters::is_query_key(&k) {
+            let v = decode(v).ok_or_else(|| {
+                ProxyError::new(
+                    Code::InvalidBody,
+                    "data-filters is not valid percent-encoded UTF-8",
+                )
+            })?;
+            if filters.len() >= filters::MAX_ASSIGNED {
+                return Err(ProxyError::new(
+                    Code::InvalidBody,
+                    "too many data-filters parameters",
+                ));
+            }
+            filters.push(v);
+            continue;
+        }
         if k != "server" {
             continue;
         }
-        if found.is_some() {
+        let v = decode(v).unwrap_or_default();
+        if server.is_some() {
             return Err(ProxyError::new(
                 Code::InvalidServerId,
                 "`server` is given more than once",
             ));
         }
-        if !is_uuid(v) {
+        if !is_uuid(&v) {
             return Err(ProxyError::new(
                 Code::InvalidServerId,
-                format!("server id {:?} is not a UUID", truncate(v)),
+                format!("server id {:?} is not a UUID", truncate(&v)),
             ));
         }
-        found = Some(v.to_ascii_lowercase());
+        server = Some(v.to_ascii_lowercase());
     }
-    Ok(found)
+    Ok((server, filters))
+}
+
+/// Form decoding of one query component: `+` is a space, `%XX` a byte; `None`
+/// for a broken escape or bytes that are not UTF-8.
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 fn unknown_route(path: &str) -> ProxyError {
@@ -296,5 +346,21 @@ mod tests {
         assert_eq!(label("/healthz/").route, "healthz");
         assert_eq!(label("/../etc").route, "other");
         assert_eq!(label("/status/not-a-model").model, "");
+    }
+
+    #[test]
+    fn data_filters_in_the_query() {
+        let q = "server=b1407f18-575d-487c-bc0c-640c6da651bc&data-filters%5B%5D=%7B%22dataKey%22%3A%22a%22%7D&data-filters[]={\"b\":+1}&x=y";
+        let r = inf("GET", &format!("/segmentations/{M}/studies/1.2?{q}"));
+        assert_eq!(r.data_filters, vec![r#"{"dataKey":"a"}"#, r#"{"b": 1}"#]);
+        assert!(r.server.is_some());
+        let bad = route(
+            "GET",
+            &format!("/segmentations/{M}/studies/1.2?data-filters=%ZZ"),
+        );
+        assert_eq!(bad.route.unwrap_err().code, Code::InvalidBody);
+        assert_eq!(decode("a%2Fb+c").as_deref(), Some("a/b c"));
+        assert_eq!(decode("%"), None);
+        assert_eq!(decode("%C3%28"), None);
     }
 }

@@ -110,7 +110,7 @@ fn server_parameter_selects_the_pacs_and_its_credentials() {
     // The same PACS with a wrong password.
     let r = shared().get(&format!("{}?server={SERVER_B_WRONG}", seg_url(study_b)));
     r.assert_error(502, "pacs_auth_failed");
-    assert_eq!(r.json()["error"]["upstream_status"], 401);
+    assert_eq!(r.json()["upstream_status"], 401);
 }
 
 #[test]
@@ -286,8 +286,13 @@ fn malformed_requests_are_rejected_before_upstream() {
             "{path}: {}",
             r.body
         );
-        assert_eq!(r.header("content-type"), Some("application/json"));
-        assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let v = r.json();
+        assert!(!v["message"].as_str().unwrap().is_empty());
+        assert_eq!(
+            (v["detail"].clone(), v["status"].as_u64()),
+            (v["message"].clone(), Some(status as u64))
+        );
     }
     let r = request(
         "DELETE",
@@ -347,8 +352,8 @@ fn upstream_failures_say_which_and_how() {
     r.assert_error(502, "model_unreachable");
     let r = p.get(&format!("/segmentations/{FAIL}/studies/{st}/series/{se}"));
     r.assert_error(502, "model_error");
-    assert_eq!(r.json()["error"]["upstream_status"], 500);
-    assert!(r.json()["error"]["message"]
+    assert_eq!(r.json()["upstream_status"], 500);
+    assert!(r.json()["message"]
         .as_str()
         .unwrap()
         .contains("forced failure"));

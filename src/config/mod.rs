@@ -14,9 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-#[cfg(test)]
-pub use schema::DataKey;
-pub use schema::{AuthType, Level, Model, Server, Task};
+pub use schema::{AuthType, DataKey, Level, Model, Server, Task};
 
 use fields::Source;
 
@@ -217,6 +215,35 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} missing in {all}");
         }
+    }
+
+    #[test]
+    fn nested_data_filters_one_level_deep() {
+        let servers = r#"{"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": "http://a", "origin": "https://viewer.example"}}"#;
+        let ok = r#"{"1d9508dd-9089-40c3-abdd-15f47120d682": {"uri": "http://m", "task": "segmentation",
+            "supports": ["/studies"], "dataFilter": [
+              {"dataKey": "series-one", "title": "One", "description": "d",
+               "dataFilter": [{"dataKey": "instance-one"}, {"dataKey": "instance-nth"}]},
+              {"dataKey": "series-two"}]}}"#;
+        let c = from_texts(Path::new("x"), servers, ok).unwrap();
+        let m = &c.models["1d9508dd-9089-40c3-abdd-15f47120d682"];
+        assert_eq!(m.data_filter[0].nested.len(), 2);
+        assert!(m.data_filter[1].nested.is_empty());
+        assert_eq!(
+            c.server(None).unwrap().origin.as_deref(),
+            Some("https://viewer.example")
+        );
+        let bad = r#"{"1d9508dd-9089-40c3-abdd-15f47120d682": {"uri": "http://m", "task": "segmentation",
+            "supports": ["/studies"], "dataFilter": [
+              {"dataKey": "a", "dataFilter": [{"dataKey": "b", "dataFilter": [{"dataKey": "c"}]}, {"dataKey": "a"}]}]}}"#;
+        let all: Vec<String> = from_texts(Path::new("x"), servers, bad)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let all = all.join("\n");
+        assert!(all.contains("nest one level only"), "{all}");
+        assert!(all.contains("dataKey \"a\" appears twice"), "{all}");
     }
 
     #[test]

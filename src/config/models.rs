@@ -92,18 +92,32 @@ fn supports(e: &mut Entry) -> Vec<Level> {
 }
 
 fn data_filter(e: &mut Entry) -> Vec<DataKey> {
-    let items = match e.get("dataFilter").cloned() {
-        None => return Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            e.fail(
-                "dataFilter",
-                "`dataFilter` must be a list of {\"dataKey\": ..., \"title\": ...}".into(),
-            );
-            return Vec::new();
+    match e.get("dataFilter").cloned() {
+        None => Vec::new(),
+        Some(v) => {
+            let mut seen = Vec::new();
+            data_keys(e, &v, 0, &mut seen)
         }
+    }
+}
+
+/// One level of `dataFilter` entries (`depth` 0: series or instances; 1: instances
+/// nested under a series); `seen` holds every key of the model, which must be unique.
+fn data_keys(e: &mut Entry, v: &Value, depth: usize, seen: &mut Vec<String>) -> Vec<DataKey> {
+    let Value::Array(items) = v else {
+        e.fail(
+            "dataFilter",
+            "`dataFilter` must be a list of {\"dataKey\": ..., \"title\": ...}".into(),
+        );
+        return Vec::new();
     };
-    let mut keys: Vec<DataKey> = Vec::new();
+    if items.is_empty() {
+        e.fail(
+            "dataFilter",
+            "`dataFilter` is empty; remove it or list the dataKeys".into(),
+        );
+    }
+    let mut keys = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let key = item.get("dataKey").and_then(Value::as_str).unwrap_or("");
         if key.is_empty() {
@@ -111,20 +125,31 @@ fn data_filter(e: &mut Entry) -> Vec<DataKey> {
                 "dataFilter",
                 format!("entry {i} needs a non-empty string `dataKey`"),
             );
-        } else if keys.iter().any(|k| k.key == key) {
-            e.fail("dataFilter", format!("dataKey {key:?} appears twice"));
-        } else {
-            keys.push(DataKey {
-                key: key.to_string(),
-                title: item.get("title").and_then(Value::as_str).map(String::from),
-            });
+            continue;
         }
-    }
-    if items.is_empty() {
-        e.fail(
-            "dataFilter",
-            "`dataFilter` is empty; remove it or list the dataKeys".into(),
-        );
+        if seen.iter().any(|k| k == key) {
+            e.fail("dataFilter", format!("dataKey {key:?} appears twice"));
+            continue;
+        }
+        seen.push(key.to_string());
+        let nested = match item.get("dataFilter").filter(|v| !v.is_null()) {
+            None => Vec::new(),
+            Some(_) if depth > 0 => {
+                e.fail(
+                    "dataFilter",
+                    format!(
+                        "dataKey {key:?}: filters nest one level only (instances under a series)"
+                    ),
+                );
+                Vec::new()
+            }
+            Some(v) => data_keys(e, v, depth + 1, seen),
+        };
+        keys.push(DataKey {
+            key: key.to_string(),
+            title: item.get("title").and_then(Value::as_str).map(String::from),
+            nested,
+        });
     }
     keys
 }

@@ -54,6 +54,9 @@ pub struct Server {
     pub sign_in_token_server: Option<String>,
     /// Exchanges a refresh token for a new access token.
     pub refresh_server: Option<String>,
+    /// `Origin` sent with every request of this server (auth service and PACS);
+    /// without it, the `aud` of the server's tokens is used.
+    pub origin: Option<String>,
 }
 
 // Hand-written so that a `{:?}` can never print a password or a token.
@@ -142,13 +145,15 @@ impl Level {
     }
 }
 
-/// One `dataFilter` entry.
+/// One `dataFilter` entry: a named input the viewer's user assigns data to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataKey {
     /// The key the model expects in its body.
     pub key: String,
     /// Display title for the viewer.
     pub title: Option<String>,
+    /// The instance filters nested under a series filter (one level deep).
+    pub nested: Vec<DataKey>,
 }
 
 /// One model API from models.json.

@@ -45,6 +45,7 @@ fn server(e: &mut Entry) -> Option<Server> {
     let sign_in_server = e.url("signInServer", false);
     let sign_in_token_server = e.url("signInTokenServer", false);
     let refresh_server = e.url("refreshServer", false);
+    let origin = e.url("origin", false);
     match auth {
         AuthType::None => {}
         AuthType::Basic => {
@@ -88,6 +89,7 @@ fn server(e: &mut Entry) -> Option<Server> {
         sign_in_server,
         sign_in_token_server,
         refresh_server,
+        origin,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, PROBLEM_JSON};
 use crate::inference::{Relay, Stats};
 use crate::routing::Label;
 use crate::state::App;
@@ -67,7 +67,7 @@ impl Reply {
 
     /// The JSON error, with its status and headers.
     pub fn error(e: &ProxyError) -> Reply {
-        let mut headers = vec![("Content-Type", "application/json".to_string())];
+        let mut headers = vec![("Content-Type", PROBLEM_JSON.to_string())];
         headers.extend(e.headers.iter().cloned());
         Reply {
             status: e.status(),

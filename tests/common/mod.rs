@@ -272,10 +272,7 @@ impl Resp {
     }
     /// The error code of an error body.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.json()["code"].as_str().unwrap_or("").to_string()
     }
 
     /// Asserts an error answer: its status and its code.
