@@ -21,7 +21,8 @@
 //!   routing.rs     method + target -> Route (a page or an inference) and its metric label
 //!   filters.rs     data-filters: the query's two browser encodings and the POST body
 //!   plan.rs        inference + config + data filters -> the body's layout, checked
-//!   pacs.rs        WADO-RS client (auth, retries before the first byte)
+//!   pacs.rs        WADO-RS client (auth, retries before the first byte, 406, empty answers)
+//!   redirect.rs    Location resolution, hop limit, credentials only to the same origin
 //!   multipart.rs   streaming multipart/related parser
 //!   payload.rs     the zhiva payload encoder, as a Read
 //!   model.rs       the model client: post, spool, per-model concurrency
@@ -63,6 +64,7 @@ mod multipart;
 mod pacs;
 mod payload;
 mod plan;
+mod redirect;
 mod routing;
 mod server;
 mod state;

@@ -15,11 +15,16 @@ use ureq::{Agent, Body, SendBody};
 
 use crate::config::Model;
 use crate::error::{self, Code, ProxyError, Upstream};
+use crate::ids::redact_uri;
+use crate::redirect;
 
 /// Posts `body` (of `content_type`) to the model; a 2xx answer is returned for relaying.
 ///
 /// For a model with `contentLength`, the body is first spooled to an unlinked file
-/// under `spool_dir` (memory stays bounded; nothing is left behind on a crash).
+/// under `spool_dir` (memory stays bounded; nothing is left behind on a crash);
+/// such a body can be sent again, so a 307 or 308 is followed. Any other redirect
+/// of the POST is a clear error naming where it points: a streamed body cannot
+/// be replayed.
 pub fn post(
     agent: &Agent,
     model: &Model,
@@ -27,17 +32,64 @@ pub fn post(
     body: &mut dyn Read,
     spool_dir: &Path,
 ) -> Result<Response<Body>, ProxyError> {
-    let req = agent.post(&model.uri).header("Content-Type", content_type);
-    let sent = if model.content_length {
-        let file = spool(body, spool_dir)?;
-        req.send(file)
+    let transport = |e: ureq::Error| error::from_ureq(Upstream::Model, &e);
+    let mut url = model.uri.clone();
+    let resp = if model.content_length {
+        let mut file = spool(body, spool_dir)?;
+        let mut hops = 0;
+        loop {
+            let again = file.try_clone().map_err(|e| {
+                ProxyError::internal(format!("cannot reopen the spooled request: {e}"))
+            })?;
+            let resp = agent
+                .post(&url)
+                .header("Content-Type", content_type)
+                .send(again)
+                .map_err(transport)?;
+            let status = resp.status().as_u16();
+            if !matches!(status, 307 | 308) || hops == redirect::MAX_HOPS {
+                break resp;
+            }
+            let Some(next) = location(&url, &resp) else {
+                break resp;
+            };
+            hops += 1;
+            log::info!(
+                "model {}: HTTP {status}, sending the request again to {}",
+                model.id,
+                redact_uri(&next)
+            );
+            file.rewind().map_err(|e| {
+                ProxyError::internal(format!("cannot rewind the spooled request: {e}"))
+            })?;
+            url = next;
+        }
     } else {
-        req.send(SendBody::from_reader(body))
+        agent
+            .post(&url)
+            .header("Content-Type", content_type)
+            .send(SendBody::from_reader(body))
+            .map_err(transport)?
     };
-    let resp = sent.map_err(|e| error::from_ureq(Upstream::Model, &e))?;
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(resp);
+    }
+    if redirect::is_redirect(status) {
+        let to = location(&url, &resp).unwrap_or_else(|| "nowhere it could follow".into());
+        let why = if model.content_length && matches!(status, 307 | 308) {
+            format!("more than {} times", redirect::MAX_HOPS)
+        } else {
+            "a POST whose body was streamed cannot be replayed; set the model's uri to the target, or contentLength: true for 307/308".into()
+        };
+        return Err(ProxyError::new(
+            Code::ModelError,
+            format!(
+                "the model redirected its POST (HTTP {status}) to {}: {why}",
+                redact_uri(&to)
+            ),
+        )
+        .with_upstream_status(status));
     }
     let detail = excerpt(resp.into_body());
     Err(ProxyError::upstream_status(
@@ -45,6 +97,12 @@ pub fn post(
         status,
         &detail,
     ))
+}
+
+/// Where a redirect points, resolved against the URL that answered.
+fn location(url: &str, resp: &Response<Body>) -> Option<String> {
+    let loc = resp.headers().get("location")?.to_str().ok()?;
+    redirect::resolve(url, loc)
 }
 
 fn spool(body: &mut dyn Read, dir: &Path) -> Result<File, ProxyError> {
@@ -91,7 +149,8 @@ fn excerpt(body: Body) -> String {
     one_line.trim().to_string()
 }
 
-/// Inferences running per model, for models with `maxConcurrent`.
+/// Inferences running per model: bounded for models with `maxConcurrent`, and
+/// known for every model (the health poller tells "busy" from "down" by it).
 #[derive(Default)]
 pub struct Slots {
     busy: Mutex<HashMap<String, usize>>,
@@ -101,27 +160,26 @@ pub struct Slots {
 /// A taken slot; released on drop.
 pub struct Slot<'a> {
     slots: &'a Slots,
-    model: Option<String>,
+    model: String,
 }
 
 impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Takes a slot on `model`, waiting up to `wait` for one; models without a limit always get one.
     pub fn take(&self, model: &Model, wait: Duration) -> Result<Slot<'_>, ProxyError> {
-        let Some(limit) = model.max_concurrent else {
-            return Ok(Slot {
-                slots: self,
-                model: None,
-            });
-        };
+        let limit = model.max_concurrent.unwrap_or(usize::MAX);
         let until = Instant::now() + wait;
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy = self.lock();
         loop {
             let n = busy.entry(model.id.clone()).or_default();
             if *n < limit {
                 *n += 1;
                 return Ok(Slot {
                     slots: self,
-                    model: Some(model.id.clone()),
+                    model: model.id.clone(),
                 });
             }
             let left = until.saturating_duration_since(Instant::now());
@@ -142,16 +200,19 @@ impl Slots {
                 .unwrap_or_else(|p| p.into_inner().0);
         }
     }
+
+    /// Whether an inference is running on `model` right now.
+    pub fn in_use(&self, model: &str) -> bool {
+        self.lock().get(model).is_some_and(|n| *n > 0)
+    }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if let Some(m) = &self.model {
-            let mut busy = self.slots.busy.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = busy.get_mut(m) {
-                *n = n.saturating_sub(1);
-            }
-            self.slots.freed.notify_all();
+        let mut busy = self.slots.lock();
+        if let Some(n) = busy.get_mut(&self.model) {
+            *n = n.saturating_sub(1);
         }
+        self.slots.freed.notify_all();
     }
 }

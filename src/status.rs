@@ -12,7 +12,7 @@ use crate::time::rfc3339;
 fn health_json(health: &Health, id: &str, has_status_uri: bool) -> Value {
     match health.get(id) {
         Some(c) => json!({
-            "state": if c.up { "up" } else { "down" },
+            "state": c.state.as_str(),
             "httpStatus": c.http_status,
             "error": c.error,
             "latencyMs": c.latency_ms,
@@ -101,7 +101,7 @@ pub fn html(status: &Value) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>model-proxy status</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
-tr.up b{{color:#080}}tr.down b{{color:#b00}}tr.unknown b{{color:#888}}</style></head><body>\
+tr.up b{{color:#080}}tr.busy b{{color:#b60}}tr.down b{{color:#b00}}tr.unknown b{{color:#888}}</style></head><body>\
 <h1>model-proxy {}</h1><h2>PACS servers</h2><table>{}{}</table><h2>Models</h2><table>{}{}</table></body></html>\n",
         esc(status["version"].as_str().unwrap_or("")),
         head("auth"),

@@ -26,6 +26,35 @@ pub fn jwt_times(token: &str) -> (Option<u64>, Option<u64>) {
     }
 }
 
+/// The `aud` claim of a JWT (the first, if a list), read without verifying it:
+/// the zhiva auth service and the PACS accept such a token only from a request
+/// whose `Origin` is that audience.
+pub(super) fn audience(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Aud {
+        One(String),
+        Many(Vec<String>),
+    }
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        aud: Option<Aud>,
+    }
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.insecure_disable_signature_validation();
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    let key = jsonwebtoken::DecodingKey::from_secret(&[]);
+    let claims = jsonwebtoken::decode::<Claims>(token, &key, &v).ok()?.claims;
+    match claims.aud? {
+        Aud::One(a) => Some(a),
+        Aud::Many(list) => list.into_iter().next(),
+    }
+    .filter(|a| !a.is_empty())
+}
+
 /// An access token and its expiry (seconds since the epoch), read unverified from the JWT.
 #[derive(Clone)]
 pub(super) struct Access {
@@ -84,6 +113,19 @@ mod tests {
         assert_eq!(jwt_times(t), (Some(2_000_000_000), Some(1_999_999_000)));
         assert_eq!(jwt_times("not a jwt"), (None, None));
         assert_eq!(jwt_times(""), (None, None));
+    }
+
+    #[test]
+    fn audiences() {
+        // {"alg":"HS256"} . {"aud":"https://viewer.example"} . sig
+        let one = "eyJhbGciOiJIUzI1NiJ9.eyJhdWQiOiJodHRwczovL3ZpZXdlci5leGFtcGxlIn0.c2ln";
+        assert_eq!(audience(one).as_deref(), Some("https://viewer.example"));
+        // {"alg":"HS256"} . {"aud":["https://a","https://b"]} . sig
+        let many = "eyJhbGciOiJIUzI1NiJ9.eyJhdWQiOlsiaHR0cHM6Ly9hIiwiaHR0cHM6Ly9iIl19.c2ln";
+        assert_eq!(audience(many).as_deref(), Some("https://a"));
+        let none = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJleHAiOjIwMDAwMDAwMDAsImlhdCI6MTk5OTk5OTAwMH0.c2ln";
+        assert_eq!(audience(none), None);
+        assert_eq!(audience("junk"), None);
     }
 
     #[test]

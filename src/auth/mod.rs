@@ -45,7 +45,7 @@ struct Entry {
 
 /// The credentials of every server, and the token lifecycle of those that use tokens.
 pub struct Auth {
-    service: Service,
+    agent: Agent,
     store: TokenStore,
     servers: Mutex<HashMap<String, Arc<Entry>>>,
     /// Set after the token thread's first round, so the first health poll has tokens to use.
@@ -95,7 +95,7 @@ impl Auth {
     /// Credentials, calling the auth service through `agent`, with the token store under `state_dir`.
     pub fn new(agent: Agent, state_dir: &Path) -> Auth {
         Auth {
-            service: Service::new(agent),
+            agent,
             store: TokenStore::new(state_dir),
             servers: Mutex::new(HashMap::new()),
             first_round: AtomicBool::new(false),
@@ -109,9 +109,9 @@ impl Auth {
             .clone()
     }
 
-    fn ctx<'a>(&'a self, entry: &'a Entry) -> Ctx<'a> {
+    fn ctx<'a>(&'a self, entry: &'a Entry, server: &'a Server) -> Ctx<'a> {
         Ctx {
-            service: &self.service,
+            service: Service::new(&self.agent, server.origin.as_deref()),
             store: &self.store,
             counts: &entry.counts,
         }
@@ -124,12 +124,22 @@ impl Auth {
             AuthType::Basic => Ok(Some(basic::header(server))),
             AuthType::Token | AuthType::Zhiva => {
                 let entry = self.entry(&server.id);
-                let access = lock(&entry.tokens).access(server, &self.ctx(&entry));
+                let access = lock(&entry.tokens).access(server, &self.ctx(&entry, server));
                 access
                     .map(|a| Some(format!("Bearer {a}")))
                     .map_err(|f| auth_failed(server, &f))
             }
         }
+    }
+
+    /// The `Origin` to send with a request of `server` that carries `authorization`:
+    /// the server's configured `origin`, else the `aud` of the token sent.
+    pub fn origin(&self, server: &Server, authorization: Option<&str>) -> Option<String> {
+        server.origin.clone().or_else(|| {
+            authorization
+                .filter(|_| uses_tokens(server))
+                .and_then(|a| jwt::audience(jwt::bearer_value(a)))
+        })
     }
 
     /// The header to probe with, without signing in or waiting for a sign-in in progress.
@@ -188,7 +198,7 @@ impl Auth {
     pub fn maintain(&self, config: &Config) {
         for server in config.servers.values().filter(|s| uses_tokens(s)) {
             let entry = self.entry(&server.id);
-            lock(&entry.tokens).maintain(server, &self.ctx(&entry));
+            lock(&entry.tokens).maintain(server, &self.ctx(&entry, server));
         }
     }
 

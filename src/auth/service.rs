@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 use ureq::Agent;
 
-use super::jwt::bearer_value;
+use super::jwt::{audience, bearer_value};
 
 /// How an auth-service call failed.
 #[derive(Debug)]
@@ -16,15 +16,17 @@ pub(super) enum CallError {
     NotConfigured(&'static str),
 }
 
-/// A client of the auth service.
-pub(super) struct Service {
-    agent: Agent,
+/// A client of the auth service for one server.
+pub(super) struct Service<'a> {
+    agent: &'a Agent,
+    /// The server's configured `origin`, which beats any token's `aud`.
+    origin: Option<&'a str>,
 }
 
-impl Service {
+impl<'a> Service<'a> {
     /// A client over `agent` (which carries the auth timeouts).
-    pub(super) fn new(agent: Agent) -> Service {
-        Service { agent }
+    pub(super) fn new(agent: &'a Agent, origin: Option<&'a str>) -> Service<'a> {
+        Service { agent, origin }
     }
 
     /// Login and password -> a one-off auth token.
@@ -76,6 +78,14 @@ impl Service {
         let mut req = self.agent.post(url);
         if let Some(t) = bearer {
             req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        // A token with an audience is accepted only from that Origin.
+        let origin = self
+            .origin
+            .map(String::from)
+            .or_else(|| bearer.and_then(audience));
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
         }
         let sent = match body {
             Some(b) => req

@@ -60,7 +60,7 @@ pub(super) struct Counters {
 
 /// What the token machine uses: the auth service, the store, the counters.
 pub(super) struct Ctx<'a> {
-    pub(super) service: &'a Service,
+    pub(super) service: Service<'a>,
     pub(super) store: &'a TokenStore,
     pub(super) counts: &'a Counters,
 }

@@ -90,11 +90,12 @@ pub fn serve(setup: Setup) -> Result<(), String> {
         agents,
         Cors::new(&setup.allowed_origins),
     ));
-    let poll_app = app.clone();
+    let (poll_app, slots_app) = (app.clone(), app.clone());
     health::spawn(
         app.agents.probe.clone(),
         app.auth.clone(),
         move || poll_app.config(),
+        move |model| slots_app.slots.in_use(model),
         app.health.clone(),
         app.options.health_interval,
     );
