@@ -78,7 +78,7 @@ pub struct Multipart<R> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// `\r\n--boundary`.
+    /// `\n--boundary`: the CR before it is optional, for servers that end lines with a bare LF.
     delim: Vec<u8>,
     finder: memchr::memmem::Finder<'static>,
     state: State,
@@ -91,16 +91,15 @@ impl<R: Read> Multipart<R> {
     /// Wraps a body whose content type carried `boundary`.
     pub fn new(inner: R, boundary: &str) -> Self {
         let mut buf = vec![0u8; BUF_SIZE];
-        // The first delimiter has no CRLF before it; pretending it does makes every delimiter alike.
-        buf[..2].copy_from_slice(b"\r\n");
+        // The first delimiter has no line break before it; pretending it does makes every delimiter alike.
+        buf[0] = b'\n';
         Multipart {
             inner,
             buf,
             start: 0,
-            end: 2,
-            delim: format!("\r\n--{boundary}").into_bytes(),
-            finder: memchr::memmem::Finder::new(format!("\r\n--{boundary}").as_bytes())
-                .into_owned(),
+            end: 1,
+            delim: format!("\n--{boundary}").into_bytes(),
+            finder: memchr::memmem::Finder::new(format!("\n--{boundary}").as_bytes()).into_owned(),
             state: State::Content,
             in_part: false,
             inner_eof: false,
@@ -130,11 +129,11 @@ impl<R: Read> Multipart<R> {
             self.in_part = false;
             return Ok(false);
         }
-        let headers_end = loop {
+        let (headers_end, content_start) = loop {
             // Recomputed each time: fill_more may have moved the data to the buffer's front.
             let after = self.start + dl;
-            if let Some(i) = find(&self.buf[after..self.end], b"\r\n\r\n") {
-                break after + i;
+            if let Some((end, content)) = header_block(&self.buf[after..self.end]) {
+                break (after + end, after + content);
             }
             if self.end - self.start >= self.buf.len() {
                 return Err(malformed("part headers larger than the buffer"));
@@ -145,7 +144,7 @@ impl<R: Read> Multipart<R> {
         };
         let after = self.start + dl;
         let block = String::from_utf8_lossy(&self.buf[after..headers_end]);
-        let mut lines = block.split("\r\n");
+        let mut lines = block.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
         // The delimiter line may carry transport padding, nothing else.
         if !lines.next().unwrap_or("").trim().is_empty() {
             return Err(malformed("garbage after a boundary delimiter"));
@@ -156,7 +155,7 @@ impl<R: Read> Multipart<R> {
                 .eq_ignore_ascii_case("content-type")
                 .then(|| v.trim().to_string())
         });
-        self.start = headers_end + 4;
+        self.start = content_start;
         self.state = State::Content;
         self.in_part = true;
         Ok(true)
@@ -215,9 +214,11 @@ impl<R: Read> Read for Multipart<R> {
         loop {
             let avail = &self.buf[self.start..self.end];
             let (usable, at_delim) = match self.finder.find(avail) {
+                // The CR of a CRLF before the delimiter belongs to the delimiter.
+                Some(i) if i > 0 && avail[i - 1] == b'\r' => (i - 1, true),
                 Some(i) => (i, true),
-                // A delimiter may begin in the last dl-1 bytes: hold those back.
-                None => (avail.len().saturating_sub(dl - 1), false),
+                // A delimiter (and the CR before it) may begin in the last dl bytes: hold those back.
+                None => (avail.len().saturating_sub(dl), false),
             };
             if usable > 0 {
                 let n = usable.min(out.len());
@@ -231,6 +232,9 @@ impl<R: Read> Read for Multipart<R> {
                 continue;
             }
             if at_delim {
+                if avail[0] == b'\r' {
+                    self.start += 1;
+                }
                 self.state = State::AtDelimiter;
                 self.in_part = false;
                 return Ok(0);
@@ -248,6 +252,23 @@ impl<R: Read> Read for Multipart<R> {
                 });
             }
         }
+    }
+}
+
+/// In `buf` (what follows a boundary), the end of the part's header block and
+/// where its content starts: the first empty line, whether lines end in CRLF or LF.
+fn header_block(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut pos = 0;
+    let mut first = true;
+    loop {
+        let nl = pos + memchr::memchr(b'\n', &buf[pos..])?;
+        let line = &buf[pos..nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !first && line.is_empty() {
+            return Some((pos.saturating_sub(1), nl + 1));
+        }
+        first = false;
+        pos = nl + 1;
     }
 }
 
@@ -320,6 +341,38 @@ mod tests {
                 assert_eq!(g.as_slice(), *p);
             }
         }
+    }
+
+    #[test]
+    fn bare_lf_line_endings() {
+        let parts: Vec<&[u8]> = vec![b"one\r", b"two\n", &[7u8; 300]];
+        let mut data = b"preamble\n".to_vec();
+        for p in &parts {
+            data.extend_from_slice(
+                b"--b b\nContent-Type: application/dicom\nContent-Length: 4\n\n",
+            );
+            data.extend_from_slice(p);
+            data.extend_from_slice(b"\n");
+        }
+        data.extend_from_slice(b"--b b--\nepilogue");
+        for step in [1, 3, 64, 100_000] {
+            let got = parts_of(&data, "b b", step).unwrap();
+            // With bare LFs a CR that ends a part is taken for the line break's.
+            assert_eq!(
+                got,
+                vec![b"one".to_vec(), b"two\n".to_vec(), vec![7u8; 300]],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_part_ending_in_cr_keeps_it_with_crlf_framing() {
+        let data = body(&[b"ends in cr\r", b"x"], "q");
+        assert_eq!(
+            parts_of(&data, "q", 2).unwrap(),
+            vec![b"ends in cr\r".to_vec(), b"x".to_vec()]
+        );
     }
 
     #[test]
