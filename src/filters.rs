@@ -3,13 +3,21 @@
 //! The published API sends them on a GET as the `data-filters` query parameter,
 //! a list of `{"dataKey", "uuid", "dataFilter"?}` objects (`uuid` is a
 //! SeriesInstanceUID under a study, a SOPInstanceUID under a series; the nested
-//! list assigns instances of that series). Browsers send the list in one of two
-//! ways: one URL-encoded JSON array (`data-filters=[...]`), or one JSON object per
-//! repeated parameter (`data-filters[]={...}`, axios' default). A POST body may
-//! carry the same JSON list instead. This module turns any of those into
-//! [`Assigned`] values; whether they fit the model is the plan's business.
+//! list assigns instances of that series). Browser clients put that list in the
+//! URL in three ways, all accepted:
+//!
+//! - one URL-encoded JSON array: `data-filters=[...]` (URLSearchParams, curl);
+//! - one JSON object per repeated parameter: `data-filters[]={...}` (axios 0.x);
+//! - one parameter per field, bracket notation: `data-filters[0][dataKey]=...&
+//!   data-filters[0][uuid]=...&data-filters[0][dataFilter][0][dataKey]=...`
+//!   (axios 1.x, qs).
+//!
+//! A POST body may carry the same JSON list instead. This module turns any of
+//! those into [`Assigned`] values; whether they fit the model is the plan's business.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
 
 use crate::error::{Code, ProxyError};
 
@@ -27,37 +35,89 @@ pub struct Assigned {
     pub nested: Vec<Assigned>,
 }
 
-/// True for a query key that carries data filters: `data-filters`,
-/// `data-filters[]` or `data-filters[N]`.
-pub fn is_query_key(k: &str) -> bool {
-    let Some(rest) = k.strip_prefix("data-filters") else {
-        return false;
-    };
-    rest.is_empty()
-        || rest
-            .strip_prefix('[')
-            .and_then(|r| r.strip_suffix(']'))
-            .is_some_and(|i| i.bytes().all(|b| b.is_ascii_digit()))
+/// One decoded query parameter: key and value.
+pub type Pair = (String, String);
+
+/// What a query key says about the data filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    /// `data-filters`, `data-filters[]`, `data-filters[N]`: the value is JSON.
+    Json,
+    /// `data-filters[i][field]` or `data-filters[i][dataFilter][j][field]`.
+    Field(usize, Option<usize>, String),
 }
 
-/// Parses the decoded values of every `data-filters` query parameter, in order:
-/// each is a JSON list of assignments or a single assignment object.
-pub fn from_query(values: &[String]) -> Result<Vec<Assigned>, ProxyError> {
+/// Parses a query key; `None` for keys that are not about data filters.
+fn key(k: &str) -> Option<Key> {
+    let rest = k.strip_prefix("data-filters")?;
+    let mut parts = Vec::new();
+    let mut r = rest;
+    while let Some(after) = r.strip_prefix('[') {
+        let close = after.find(']')?;
+        parts.push(&after[..close]);
+        r = &after[close + 1..];
+    }
+    if !r.is_empty() {
+        return None;
+    }
+    let index = |s: &str| s.parse::<usize>().ok().filter(|&i| i < MAX_ASSIGNED);
+    match parts.as_slice() {
+        [] => Some(Key::Json),
+        [i] if i.is_empty() || index(i).is_some() => Some(Key::Json),
+        [i, f] => Some(Key::Field(index(i)?, None, f.to_string())),
+        [i, "dataFilter", j, f] => Some(Key::Field(index(i)?, Some(index(j)?), f.to_string())),
+        _ => None,
+    }
+}
+
+/// True for a query key that carries data filters, in any of the three forms.
+pub fn is_query_key(k: &str) -> bool {
+    key(k).is_some()
+}
+
+/// The fields of one bracket-notation item, and of the items nested in it by index.
+type Fields = (Map<String, Value>, BTreeMap<usize, Map<String, Value>>);
+
+/// Parses the decoded `(key, value)` pairs of every `data-filters` query
+/// parameter, in order: JSON values (a list, or one object each) first, then
+/// the bracket-notation items by index.
+pub fn from_query(pairs: &[Pair]) -> Result<Vec<Assigned>, ProxyError> {
     let mut out = Vec::new();
-    for v in values {
-        match serde_json::from_str::<Value>(v) {
-            Ok(Value::Array(items)) => {
-                for item in &items {
-                    out.push(assigned(item, 0)?);
+    let mut fields: BTreeMap<usize, Fields> = BTreeMap::new();
+    for (k, v) in pairs {
+        match key(k) {
+            Some(Key::Json) => match serde_json::from_str::<Value>(v) {
+                Ok(Value::Array(items)) => {
+                    for item in &items {
+                        out.push(assigned(item, 0)?);
+                    }
                 }
+                Ok(item @ Value::Object(_)) => out.push(assigned(&item, 0)?),
+                _ => {
+                    return Err(invalid(
+                        "data-filters must be a JSON list of {\"dataKey\", \"uuid\"} objects (or one such object per parameter)",
+                    ))
+                }
+            },
+            Some(Key::Field(i, nested, f)) => {
+                let (item, inner) = fields.entry(i).or_default();
+                let target = match nested {
+                    None => item,
+                    Some(j) => inner.entry(j).or_default(),
+                };
+                target.insert(f, Value::String(v.clone()));
             }
-            Ok(item @ Value::Object(_)) => out.push(assigned(&item, 0)?),
-            _ => {
-                return Err(invalid(
-                    "data-filters must be a JSON list of {\"dataKey\", \"uuid\"} objects (or one such object per parameter)",
-                ))
-            }
+            None => {}
         }
+    }
+    for (_, (mut item, inner)) in fields {
+        if !inner.is_empty() {
+            item.insert(
+                "dataFilter".into(),
+                Value::Array(inner.into_values().map(Value::Object).collect()),
+            );
+        }
+        out.push(assigned(&Value::Object(item), 0)?);
     }
     bounded(out)
 }
@@ -131,17 +191,38 @@ fn invalid(message: impl Into<String>) -> ProxyError {
 mod tests {
     use super::*;
 
+    fn q(pairs: &[(&str, &str)]) -> Result<Vec<Assigned>, ProxyError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_query(&pairs)
+    }
+
     #[test]
-    fn both_query_forms_mean_the_same() {
+    fn the_three_query_forms_mean_the_same() {
         let list = r#"[{"dataKey":"a","uuid":"1.2"},{"dataKey":"b","uuid":"1.3","dataFilter":[{"dataKey":"c","uuid":"1.4"}]}]"#;
-        let one = from_query(&[list.to_string()]).unwrap();
-        let each = from_query(&[
-            r#"{"dataKey":"a","uuid":"1.2"}"#.to_string(),
-            r#"{"dataKey":"b","uuid":"1.3","dataFilter":[{"dataKey":"c","uuid":"1.4"}]}"#
-                .to_string(),
+        let one = q(&[("data-filters", list)]).unwrap();
+        let each = q(&[
+            ("data-filters[]", r#"{"dataKey":"a","uuid":"1.2"}"#),
+            (
+                "data-filters[]",
+                r#"{"dataKey":"b","uuid":"1.3","dataFilter":[{"dataKey":"c","uuid":"1.4"}]}"#,
+            ),
         ])
         .unwrap();
         assert_eq!(one, each);
+        // What axios 1.x puts in the URL for the same list.
+        let brackets = q(&[
+            ("data-filters[0][dataKey]", "a"),
+            ("data-filters[0][uuid]", "1.2"),
+            ("data-filters[1][dataKey]", "b"),
+            ("data-filters[1][uuid]", "1.3"),
+            ("data-filters[1][dataFilter][0][dataKey]", "c"),
+            ("data-filters[1][dataFilter][0][uuid]", "1.4"),
+        ])
+        .unwrap();
+        assert_eq!(one, brackets);
         assert_eq!(one[1].nested[0].uuid, "1.4");
         assert_eq!(from_body(list.as_bytes()).unwrap(), one);
     }
@@ -156,11 +237,12 @@ mod tests {
             r#"[{"dataKey":"a","uuid":1}]"#,
             r#"[{"dataKey":"a","uuid":"1","dataFilter":[{"dataKey":"b","uuid":"2","dataFilter":[]}]}]"#,
         ] {
-            let e = from_query(&[bad.to_string()]).unwrap_err();
+            let e = q(&[("data-filters", bad)]).unwrap_err();
             assert_eq!(e.code, Code::InvalidBody, "{bad}");
         }
         let many = format!("[{}]", vec![r#"{"dataKey":"a","uuid":"1"}"#; 300].join(","));
-        assert!(from_query(&[many]).is_err());
+        assert!(q(&[("data-filters", &many)]).is_err());
+        assert!(q(&[("data-filters[0][dataKey]", "a")]).is_err(), "no uuid");
     }
 
     #[test]

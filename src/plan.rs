@@ -427,7 +427,7 @@ mod tests {
     }
 
     fn with(mut r: InferenceRequest, filters: &str) -> InferenceRequest {
-        r.data_filters = vec![filters.to_string()];
+        r.data_filters = vec![("data-filters".into(), filters.to_string())];
         r
     }
 

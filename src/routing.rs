@@ -87,8 +87,8 @@ pub struct InferenceRequest {
     pub instance: Option<String>,
     /// `?server=` UUID, lower case.
     pub server: Option<String>,
-    /// The decoded values of the `data-filters` query parameters, in order.
-    pub data_filters: Vec<String>,
+    /// The decoded `(key, value)` pairs of the `data-filters` query parameters, in order.
+    pub data_filters: Vec<filters::Pair>,
     /// POST carries the data filters as its body.
     pub has_body: bool,
 }
@@ -189,7 +189,7 @@ fn shape_ok(segs: &[&str]) -> bool {
 
 /// `?server=` (one UUID at most) and the `data-filters` values, decoded; other
 /// parameters are ignored, as the published API allows.
-fn query_params(query: &str) -> Result<(Option<String>, Vec<String>), ProxyError> {
+fn query_params(query: &str) -> Result<(Option<String>, Vec<filters::Pair>), ProxyError> {
     let mut server = None;
     let mut filters = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -202,13 +202,14 @@ fn query_params(query: &str) -> Result<(Option<String>, Vec<String>), ProxyError
                     "data-filters is not valid percent-encoded UTF-8",
                 )
             })?;
-            if filters.len() >= filters::MAX_ASSIGNED {
+            // Bracket notation spends a parameter per field.
+            if filters.len() >= 4 * filters::MAX_ASSIGNED {
                 return Err(ProxyError::new(
                     Code::InvalidBody,
                     "too many data-filters parameters",
                 ));
             }
-            filters.push(v);
+            filters.push((k, v));
             continue;
         }
         if k != "server" {
@@ -352,7 +353,8 @@ mod tests {
     fn data_filters_in_the_query() {
         let q = "server=b1407f18-575d-487c-bc0c-640c6da651bc&data-filters%5B%5D=%7B%22dataKey%22%3A%22a%22%7D&data-filters[]={\"b\":+1}&x=y";
         let r = inf("GET", &format!("/segmentations/{M}/studies/1.2?{q}"));
-        assert_eq!(r.data_filters, vec![r#"{"dataKey":"a"}"#, r#"{"b": 1}"#]);
+        let values: Vec<&str> = r.data_filters.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(values, vec![r#"{"dataKey":"a"}"#, r#"{"b": 1}"#]);
         assert!(r.server.is_some());
         let bad = route(
             "GET",
