@@ -2,12 +2,10 @@
 //! free its worker, and leave the proxy serving the next request without a restart.
 //! The proxy runs with a single worker, so a worker left stuck would show at once.
 
-mod common;
-
 use std::io::BufRead;
 use std::process::{Child, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const CUT: &str = "c2407f18-575d-487c-bc0c-640c6da651bc";

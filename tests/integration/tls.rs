@@ -1,11 +1,9 @@
 //! HTTPS: the default way the proxy serves, on a current rustls in front of tiny_http.
 
-mod common;
-
 use std::io::Read;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn agent_trusting(cert: &std::path::Path) -> ureq::Agent {
     let pem = std::fs::read(cert).unwrap();

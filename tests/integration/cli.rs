@@ -1,10 +1,8 @@
 //! The command line as scripts and service managers use it.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn run(args: &[&str]) -> (i32, String, String) {

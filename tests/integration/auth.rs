@@ -1,13 +1,11 @@
 //! PACS authentication against a fixture that speaks the zhiva auth protocol (RS256
 //! JWTs, one-off auth tokens, short-lived access tokens) in front of a real Orthanc.
 
-mod common;
-
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const Z: &str = "a1407f18-575d-487c-bc0c-640c6da651bc";

@@ -1,11 +1,9 @@
 //! The inference path end to end: real Orthanc, real model API, real binary.
 
-mod common;
-
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn seg_url(study: &str) -> String {

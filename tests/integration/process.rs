@@ -1,15 +1,13 @@
 //! Process behaviour as systemd and container runtimes drive it: readiness
 //! notification, graceful SIGTERM/SIGINT, SIGHUP reload.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// The proxy run directly (not supervised), so the test sees its own exit status.
