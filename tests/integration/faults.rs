@@ -46,14 +46,13 @@ fn faults() -> Faults {
     }
 }
 
-fn proxy(f: &Faults, name: &str) -> Proxy {
-    let e = env();
+fn proxy(model: &Model, f: &Faults, name: &str) -> Proxy {
     let dir = tempdir(name);
-    let mut servers = servers_json(e);
+    let mut servers = servers_json();
     servers[CUT] = json!({"uri": format!("{}/cut/20000/dicom-web", f.url)});
     servers[GARBAGE] = json!({"uri": format!("{}/garbage/dicom-web", f.url)});
     servers[FLAKY] = json!({"uri": format!("{}/flaky/dicom-web", f.url)});
-    let mut models = models_json(e);
+    let mut models = model.models_json();
     models[CLOSE] = json!({"uri": format!("{}/model/close", f.url), "task": "segmentation", "supports": ["/studies/series"]});
     models[HANG] = json!({"uri": format!("{}/model/hang", f.url), "task": "segmentation", "supports": ["/studies/series"]});
     write_config(&dir.join("config"), &servers, &models);
@@ -95,9 +94,9 @@ fn series_url(model: &str, server: Option<&str>) -> String {
 
 #[test]
 fn pacs_stopping_mid_stream_is_502_and_frees_the_worker() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-cut");
+    let p = proxy(&model, &f, "fault-cut");
     let r = p.get(&series_url(SEG, Some(CUT)));
     r.assert_error(502, "pacs_unreachable");
     assert!(r.body.contains("mid-stream"), "{}", r.body);
@@ -106,9 +105,9 @@ fn pacs_stopping_mid_stream_is_502_and_frees_the_worker() {
 
 #[test]
 fn malformed_multipart_is_502() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-garbage");
+    let p = proxy(&model, &f, "fault-garbage");
     let r = p.get(&series_url(SEG, Some(GARBAGE)));
     r.assert_error(502, "pacs_bad_response");
     assert_recovered(&p);
@@ -116,9 +115,9 @@ fn malformed_multipart_is_502() {
 
 #[test]
 fn model_closing_mid_body_is_502() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-close");
+    let p = proxy(&model, &f, "fault-close");
     let r = p.get(&series_url(CLOSE, None));
     r.assert_error(502, "model_unreachable");
     assert_recovered(&p);
@@ -126,9 +125,9 @@ fn model_closing_mid_body_is_502() {
 
 #[test]
 fn hung_model_is_504_at_the_timeout() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-hang");
+    let p = proxy(&model, &f, "fault-hang");
     let started = std::time::Instant::now();
     let r = p.get(&series_url(HANG, None));
     r.assert_error(504, "model_timeout");
@@ -138,17 +137,16 @@ fn hung_model_is_504_at_the_timeout() {
 
 #[test]
 fn content_length_models_and_concurrency_limits() {
-    let _m = model_lock();
-    let e = env();
+    let model = model();
     let dir = tempdir("fault-cl");
-    let mut models = models_json(e);
+    let mut models = model.models_json();
     models[SEG]["contentLength"] = json!(true);
     models[SLOW]["maxConcurrent"] = json!(1);
-    write_config(&dir.join("config"), &servers_json(e), &models);
+    write_config(&dir.join("config"), &servers_json(), &models);
     let p = Proxy::start_in(&dir, &[], &[]);
     let r = p.get(&series_url(SEG, None));
     assert_eq!(r.status, 200, "{}", r.body);
-    let last = model_last();
+    let last = model.last();
     assert_eq!(last["chunked"], false);
     assert!(last["contentLength"].as_u64().unwrap() > 1000, "{last}");
     // The spool leaves nothing behind.
@@ -174,9 +172,9 @@ fn content_length_models_and_concurrency_limits() {
 
 #[test]
 fn a_pacs_hiccup_before_any_byte_went_to_the_model_is_retried() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-flaky");
+    let p = proxy(&model, &f, "fault-flaky");
     let r = p.get(&series_url(SEG, Some(FLAKY)));
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(p.logs().contains("HTTP 503; retrying"), "{}", p.logs());
@@ -185,10 +183,10 @@ fn a_pacs_hiccup_before_any_byte_went_to_the_model_is_retried() {
 #[test]
 fn a_client_stalling_its_body_does_not_hold_a_worker() {
     use std::io::Write;
-    let _m = model_lock();
+    let model = model();
     let e = env();
     let dir = tempdir("fault-stall");
-    write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+    write_config(&dir.join("config"), &servers_json(), &model.models_json());
     let p = Proxy::start_in(&dir, &["--workers", "1", "--body-timeout", "1"], &[]);
     let addr = p.url.trim_start_matches("http://").to_string();
     let mut stalled = std::net::TcpStream::connect(&addr).unwrap();

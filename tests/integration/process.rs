@@ -75,16 +75,16 @@ impl Drop for Direct {
     }
 }
 
-fn config_dir(name: &str) -> std::path::PathBuf {
-    let e = env();
+fn config_dir(model: &Model, name: &str) -> std::path::PathBuf {
     let dir = tempdir(name);
-    write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+    write_config(&dir.join("config"), &servers_json(), &model.models_json());
     dir
 }
 
 #[test]
 fn tells_systemd_it_is_ready() {
-    let dir = config_dir("notify");
+    let model = model();
+    let dir = config_dir(&model, "notify");
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
@@ -101,9 +101,9 @@ fn tells_systemd_it_is_ready() {
 
 #[test]
 fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
-    let _m = model_lock();
+    let model = model();
     let e = env();
-    let dir = config_dir("sigterm");
+    let dir = config_dir(&model, "sigterm");
     let mut p = Direct::start(&dir, &["--grace-period", "20"], None);
     let (se, _) = &e.study_a.series[0];
     let slow = format!(
@@ -141,9 +141,9 @@ fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
 
 #[test]
 fn sigint_exits_0_and_grace_period_bounds_the_wait() {
-    let _m = model_lock();
+    let model = model();
     let e = env();
-    let dir = config_dir("sigint");
+    let dir = config_dir(&model, "sigint");
     let mut p = Direct::start(&dir, &["--grace-period", "1"], None);
     let (se, _) = &e.study_a.series[0];
     let slow = format!(
@@ -164,9 +164,9 @@ fn sigint_exits_0_and_grace_period_bounds_the_wait() {
 
 #[test]
 fn sighup_reloads_and_refuses_a_bad_config() {
-    let _m = model_lock();
+    let model = model();
     let e = env();
-    let dir = config_dir("sighup");
+    let dir = config_dir(&model, "sighup");
     let mut p = Direct::start(&dir, &[], None);
     let new_model = "8d9508dd-9089-40c3-abdd-15f47120d682";
     let (se, _) = &e.study_a.series[0];
@@ -175,9 +175,9 @@ fn sighup_reloads_and_refuses_a_bad_config() {
         p.url, e.study_a.uid
     );
     assert_eq!(get(&url).code(), "unknown_model");
-    let mut models = models_json(e);
-    models[new_model] = json!({"uri": format!("{}/segmentation", e.model), "task": "segmentation", "supports": ["/studies/series"]});
-    write_config(&dir.join("config"), &servers_json(e), &models);
+    let mut models = model.models_json();
+    models[new_model] = json!({"uri": format!("{}/segmentation", model.url()), "task": "segmentation", "supports": ["/studies/series"]});
+    write_config(&dir.join("config"), &servers_json(), &models);
     p.signal("HUP");
     let until = Instant::now() + Duration::from_secs(5);
     while get(&url).status != 200 {

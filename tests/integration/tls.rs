@@ -25,9 +25,9 @@ fn agent_trusting(cert: &std::path::Path) -> ureq::Agent {
 
 #[test]
 fn inference_over_https() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
-    let p = Proxy::start_tls("https", &[]);
+    let p = Proxy::start_tls(&model, "https", &[]);
     let cert = p.config_dir.parent().unwrap().join("certs/zhiva.crt");
     let agent = agent_trusting(&cert);
     let (series, instances) = &e.study_a.series[0];
@@ -90,8 +90,8 @@ fn old_tls_versions_are_refused() {
         return;
     };
     assert!(out.status.success());
-    let _ = env();
-    let p = Proxy::start_tls("tls-versions", &[]);
+    let model = model();
+    let p = Proxy::start_tls(&model, "tls-versions", &[]);
     let cert = p.config_dir.parent().unwrap().join("certs/zhiva.crt");
     let curl = |extra: &[&str]| {
         Command::new("curl")

@@ -3,7 +3,9 @@
 //! receives with pydicom, and the real `model-proxy` binary.
 //!
 //! Everything is started once per test binary and stops with it (the Python
-//! wrappers watch their parent).
+//! wrappers watch their parent). The model API remembers what it was sent
+//! (`/last`, `/count`), so it is reachable only through [`model()`], which hands
+//! it to one test at a time.
 
 #![allow(dead_code)]
 
@@ -11,7 +13,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -46,15 +48,12 @@ impl Study {
     }
 }
 
-/// The running fixtures.
+/// The running PACS-side fixtures; the model API is behind [`model()`].
 pub struct Env {
-    pub dir: PathBuf,
     /// DICOMweb root of the open Orthanc.
     pub pacs_a: String,
     /// DICOMweb root of the Orthanc that wants HTTP Basic.
     pub pacs_b: String,
-    /// Base URL of the model API.
-    pub model: String,
     /// A port nothing listens on.
     pub closed: String,
     /// A port that accepts connections and never answers.
@@ -196,7 +195,7 @@ fn start_orthanc(dir: &Path, port: u16, basic: Option<&str>, data: &Path) -> Str
     format!("{url}/dicom-web")
 }
 
-/// Starts (once) and returns the fixtures.
+/// Starts (once) and returns the PACS-side fixtures.
 pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -216,12 +215,6 @@ pub fn env() -> &'static Env {
             Some(&basic),
             &dir.join("data-b"),
         );
-        let mport = free_port();
-        let mut c = supervised("model_api.py");
-        c.args(["--port", &mport.to_string()]);
-        std::mem::forget(spawn_logged(c, &dir.join("model.log")));
-        let model = format!("http://127.0.0.1:{mport}");
-        wait_for(&format!("{model}/"), Duration::from_secs(60));
         // A socket that accepts and then says nothing: a hung PACS.
         let stall = TcpListener::bind("127.0.0.1:0").expect("bind");
         let stall_url = format!("http://{}", stall.local_addr().unwrap());
@@ -234,10 +227,8 @@ pub fn env() -> &'static Env {
         Env {
             closed: format!("http://127.0.0.1:{}", free_port()),
             stall: stall_url,
-            dir,
             pacs_a,
             pacs_b,
-            model,
             study_a,
             study_b,
         }
@@ -344,25 +335,91 @@ pub fn wait_for(url: &str, limit: Duration) {
     panic!("{url} did not come up within {limit:?}");
 }
 
-/// Serialises the tests that talk to the model API, whose `/last` and `/count` are global.
-pub fn model_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+/// The model API every test shares, and the proxy configured with it.
+struct ModelApi {
+    url: String,
+    lock: Mutex<()>,
+    shared: OnceLock<Proxy>,
 }
 
-/// What the model API saw last, and how many posts it has had.
-pub fn model_last() -> Value {
-    get(&format!("{}/last", env().model)).json()
+/// One test's exclusive use of the shared model API: its URL, what it saw, and
+/// every proxy configured with it come from here, so no test can post to the
+/// model while another reads `/last` or `/count`.
+pub struct Model {
+    api: &'static ModelApi,
+    _turn: MutexGuard<'static, ()>,
 }
 
-pub fn model_count() -> u64 {
-    get(&format!("{}/count", env().model)).json()["count"]
-        .as_u64()
-        .unwrap()
+/// Waits for the model API to be free (starting it on first use) and takes it.
+pub fn model() -> Model {
+    static API: OnceLock<ModelApi> = OnceLock::new();
+    let api = API.get_or_init(|| {
+        let dir = tempdir("model");
+        let port = free_port();
+        let mut c = supervised("model_api.py");
+        c.args(["--port", &port.to_string()]);
+        std::mem::forget(spawn_logged(c, &dir.join("model.log")));
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for(&format!("{url}/"), Duration::from_secs(60));
+        ModelApi {
+            url,
+            lock: Mutex::new(()),
+            shared: OnceLock::new(),
+        }
+    });
+    // A test that failed while holding it left the fixture as usable as any other.
+    let turn = api.lock.lock().unwrap_or_else(|p| p.into_inner());
+    Model { api, _turn: turn }
+}
+
+impl Model {
+    /// Base URL of the model API.
+    pub fn url(&self) -> &str {
+        &self.api.url
+    }
+
+    /// What the model API saw last (see tests/fixtures/README.md).
+    pub fn last(&self) -> Value {
+        get(&format!("{}/last", self.api.url)).json()
+    }
+
+    /// How many posts the model API has had.
+    pub fn count(&self) -> u64 {
+        get(&format!("{}/count", self.api.url)).json()["count"]
+            .as_u64()
+            .expect("a count")
+    }
+
+    /// models.json for this model API.
+    pub fn models_json(&self) -> Value {
+        models_json(env(), &self.api.url)
+    }
+
+    /// The proxy every test can share: status page on, a CORS origin allowed.
+    pub fn shared(&self) -> &Proxy {
+        self.api.shared.get_or_init(|| {
+            Proxy::start(
+                self,
+                "shared",
+                &[
+                    "--status-page",
+                    "--health-interval",
+                    "1",
+                    "--pacs-timeout",
+                    "2",
+                ],
+                &[(
+                    "ZHIVA_ALLOWED_ORIGINS",
+                    "https://*.zhiva.ai,http://localhost:3000",
+                )],
+            )
+        })
+    }
 }
 
 /// servers.json for the fixtures (with a password, to prove it never leaks).
-pub fn servers_json(e: &Env) -> Value {
+pub fn servers_json() -> Value {
+    let e = env();
     json!({
         SERVER_A: {"uri": e.pacs_a, "isDefault": true, "statusUri": format!("{}/studies", e.pacs_a), "authType": ""},
         SERVER_B: {"uri": e.pacs_b, "statusUri": format!("{}/studies", e.pacs_b), "authType": "basicAuth", "login": B_USER, "password": B_PASSWORD},
@@ -372,8 +429,7 @@ pub fn servers_json(e: &Env) -> Value {
     })
 }
 
-pub fn models_json(e: &Env) -> Value {
-    let m = &e.model;
+fn models_json(e: &Env, m: &str) -> Value {
     json!({
         SEG: {"uri": format!("{m}/segmentation"), "task": "segmentation", "statusUri": format!("{m}/"),
               "supports": ["/studies", "/studies/series", "/studies/series/instances"]},
@@ -398,10 +454,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the proxy on the fixtures' config with extra flags and environment.
-    pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
-        let e = env();
+    pub fn start(model: &Model, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
         let dir = tempdir(&format!("proxy-{name}"));
-        write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+        write_config(&dir.join("config"), &servers_json(), &model.models_json());
         Proxy::start_in(&dir, args, envs)
     }
 
@@ -411,10 +466,9 @@ impl Proxy {
     }
 
     /// Starts the proxy on HTTPS with a fresh self-signed pair in `dir/certs`.
-    pub fn start_tls(name: &str, args: &[&str]) -> Proxy {
-        let e = env();
+    pub fn start_tls(model: &Model, name: &str, args: &[&str]) -> Proxy {
         let dir = tempdir(&format!("proxy-{name}"));
-        write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+        write_config(&dir.join("config"), &servers_json(), &model.models_json());
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh");
         let out = Command::new(script)
             .arg(dir.join("certs"))
@@ -528,27 +582,6 @@ pub fn write_config(dir: &Path, servers: &Value, models: &Value) {
         serde_json::to_string_pretty(models).unwrap(),
     )
     .unwrap();
-}
-
-/// The proxy every test can share: status page on, a CORS origin allowed.
-pub fn shared() -> &'static Proxy {
-    static P: OnceLock<Proxy> = OnceLock::new();
-    P.get_or_init(|| {
-        Proxy::start(
-            "shared",
-            &[
-                "--status-page",
-                "--health-interval",
-                "1",
-                "--pacs-timeout",
-                "2",
-            ],
-            &[(
-                "ZHIVA_ALLOWED_ORIGINS",
-                "https://*.zhiva.ai,http://localhost:3000",
-            )],
-        )
-    })
 }
 
 /// The zhiva auth service and its Bearer-checking PACS gateway, in front of Orthanc A.
