@@ -34,7 +34,7 @@ fn series_segmentation_reaches_the_model_and_comes_back() {
     let e = env();
     let p = model.shared();
     let (series, instances) = &e.study_a.series[0];
-    let r = p.get(&format!("{}/series/{series}", seg_url(&e.study_a.uid)));
+    let r = p.get(&series_path(SEG, None));
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r
         .header("content-type")
@@ -340,17 +340,14 @@ fn upstream_failures_say_which_and_how() {
     let model = model();
     let e = env();
     let st = &e.study_a.uid;
-    let (se, _) = &e.study_a.series[0];
     let p = model.shared();
     let r = p.get(&format!("{}?server={SERVER_DOWN}", seg_url(st)));
     r.assert_error(502, "pacs_unreachable");
     let r = p.get(&format!("{}?server={SERVER_STALL}", seg_url(st)));
     r.assert_error(504, "pacs_timeout");
-    let r = p.get(&format!(
-        "/segmentations/{MODEL_DOWN}/studies/{st}/series/{se}"
-    ));
+    let r = p.get(&series_path(MODEL_DOWN, None));
     r.assert_error(502, "model_unreachable");
-    let r = p.get(&format!("/segmentations/{FAIL}/studies/{st}/series/{se}"));
+    let r = p.get(&series_path(FAIL, None));
     r.assert_error(502, "model_error");
     assert_eq!(r.json()["error"]["upstream_status"], 500);
     assert!(r.json()["error"]["message"]
@@ -358,20 +355,15 @@ fn upstream_failures_say_which_and_how() {
         .unwrap()
         .contains("forced failure"));
     // And the proxy is still fine.
-    let r = p.get(&format!("{}/series/{se}", seg_url(st)));
+    let r = p.get(&series_path(SEG, None));
     assert_eq!(r.status, 200);
 }
 
 #[test]
 fn model_timeout_is_504() {
     let model = model();
-    let e = env();
     let p = Proxy::start(&model, "model-timeout", &["--model-timeout", "1"], &[]);
-    let (se, _) = &e.study_a.series[0];
-    let r = p.get(&format!(
-        "/segmentations/{SLOW}/studies/{}/series/{se}",
-        e.study_a.uid
-    ));
+    let r = p.get(&series_path(SLOW, None));
     r.assert_error(504, "model_timeout");
 }
 
@@ -514,13 +506,8 @@ fn status_page_is_off_by_default() {
 #[test]
 fn health_answers_while_every_worker_is_busy_and_the_queue_sheds_load() {
     let model = model();
-    let e = env();
     let p = Proxy::start(&model, "busy", &["--workers", "1", "--queue", "1"], &[]);
-    let (se, _) = &e.study_a.series[0];
-    let slow = format!(
-        "{}/segmentations/{SLOW}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let slow = format!("{}{}", p.url, series_path(SLOW, None));
     // One request occupies the only worker, one waits in the queue.
     let busy: Vec<_> = (0..2)
         .map(|i| {
@@ -530,10 +517,7 @@ fn health_answers_while_every_worker_is_busy_and_the_queue_sheds_load() {
         })
         .collect();
     thread::sleep(Duration::from_millis(500));
-    let r = p.get(&format!(
-        "/segmentations/{SLOW}/studies/{}/series/{se}",
-        e.study_a.uid
-    ));
+    let r = p.get(&series_path(SLOW, None));
     r.assert_error(503, "overloaded");
     assert!(r.header("retry-after").is_some());
     assert_eq!(p.get("/healthz").status, 200);
@@ -582,10 +566,9 @@ fn auth_b64() -> String {
 fn multipart_payload_opt_in() {
     let model = model();
     let e = env();
-    let dir = tempdir("multipart");
     let mut models = model.models_json();
     models[SEG]["payload"] = json!("multipart");
-    write_config(&dir.join("config"), &servers_json(), &models);
+    let dir = config_dir("multipart", &servers_json(), &models);
     let p = Proxy::start_in(&dir, &[], &[]);
     let (series, instances) = &e.study_a.series[1];
     let r = p.get(&format!("{}/series/{series}", seg_url(&e.study_a.uid)));

@@ -75,16 +75,10 @@ impl Drop for Direct {
     }
 }
 
-fn config_dir(model: &Model, name: &str) -> std::path::PathBuf {
-    let dir = tempdir(name);
-    write_config(&dir.join("config"), &servers_json(), &model.models_json());
-    dir
-}
-
 #[test]
 fn tells_systemd_it_is_ready() {
     let model = model();
-    let dir = config_dir(&model, "notify");
+    let dir = config_dir("notify", &servers_json(), &model.models_json());
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
@@ -102,23 +96,15 @@ fn tells_systemd_it_is_ready() {
 #[test]
 fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
     let model = model();
-    let e = env();
-    let dir = config_dir(&model, "sigterm");
+    let dir = config_dir("sigterm", &servers_json(), &model.models_json());
     let mut p = Direct::start(&dir, &["--grace-period", "20"], None);
-    let (se, _) = &e.study_a.series[0];
-    let slow = format!(
-        "{}/segmentations/{SLOW}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let slow = format!("{}{}", p.url, series_path(SLOW, None));
     let in_flight = thread::spawn(move || get(&slow).status);
     thread::sleep(Duration::from_millis(700));
     p.signal("TERM");
     thread::sleep(Duration::from_millis(300));
     // New inferences are refused while the old one finishes; readiness says so too.
-    let fast = format!(
-        "{}/segmentations/{SEG}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let fast = format!("{}{}", p.url, series_path(SEG, None));
     if let Ok(r) = agent().get(&fast).call() {
         assert_eq!(r.status(), 503);
     }
@@ -142,14 +128,9 @@ fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
 #[test]
 fn sigint_exits_0_and_grace_period_bounds_the_wait() {
     let model = model();
-    let e = env();
-    let dir = config_dir(&model, "sigint");
+    let dir = config_dir("sigint", &servers_json(), &model.models_json());
     let mut p = Direct::start(&dir, &["--grace-period", "1"], None);
-    let (se, _) = &e.study_a.series[0];
-    let slow = format!(
-        "{}/segmentations/{SLOW}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let slow = format!("{}{}", p.url, series_path(SLOW, None));
     let _in_flight = thread::spawn(move || agent().get(&slow).call().map(|r| r.status().as_u16()));
     thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
@@ -165,15 +146,10 @@ fn sigint_exits_0_and_grace_period_bounds_the_wait() {
 #[test]
 fn sighup_reloads_and_refuses_a_bad_config() {
     let model = model();
-    let e = env();
-    let dir = config_dir(&model, "sighup");
+    let dir = config_dir("sighup", &servers_json(), &model.models_json());
     let mut p = Direct::start(&dir, &[], None);
     let new_model = "8d9508dd-9089-40c3-abdd-15f47120d682";
-    let (se, _) = &e.study_a.series[0];
-    let url = format!(
-        "{}/segmentations/{new_model}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let url = format!("{}{}", p.url, series_path(new_model, None));
     assert_eq!(get(&url).code(), "unknown_model");
     let mut models = model.models_json();
     models[new_model] = json!({"uri": format!("{}/segmentation", model.url()), "task": "segmentation", "supports": ["/studies/series"]});

@@ -31,10 +31,7 @@ fn inference_over_https() {
     let cert = p.config_dir.parent().unwrap().join("certs/zhiva.crt");
     let agent = agent_trusting(&cert);
     let (series, instances) = &e.study_a.series[0];
-    let url = format!(
-        "{}/segmentations/{SEG}/studies/{}/series/{series}",
-        p.url, e.study_a.uid
-    );
+    let url = format!("{}{}", p.url, series_path(SEG, None));
     // Several requests on one kept-alive connection, then on fresh ones.
     for _ in 0..3 {
         let r = agent
@@ -113,12 +110,7 @@ fn old_tls_versions_are_refused() {
 
 #[test]
 fn missing_certificate_is_a_clear_startup_error() {
-    let d = tempdir("nocert");
-    write_config(
-        &d.join("config"),
-        &serde_json::json!({"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": "http://127.0.0.1:9/x"}}),
-        &serde_json::json!({}),
-    );
+    let d = bare_config_dir("nocert");
     let out = Command::new(proxy_bin())
         .args([
             "--listen",

@@ -7,8 +7,6 @@
 //! (`/last`, `/count`), so it is reachable only through [`model()`], which hands
 //! it to one test at a time.
 
-#![allow(dead_code)]
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -155,6 +153,14 @@ pub fn stop(child: &mut Child) {
         let _ = Command::new("kill").arg(child.id().to_string()).status();
         let _ = child.wait();
     }
+}
+
+/// The JSON line a fixture prints once it listens (its port, its URL), or what it printed instead.
+pub fn announced(child: &mut Child) -> Result<Value, String> {
+    let stdout = child.stdout.take().expect("the fixture's stdout is piped");
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+    serde_json::from_str(&line).map_err(|_| line)
 }
 
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
@@ -417,6 +423,17 @@ impl Model {
     }
 }
 
+/// The path of an inference by `model_id` on study A's first series, on `server` if given.
+pub fn series_path(model_id: &str, server: Option<&str>) -> String {
+    let e = env();
+    let (se, _) = &e.study_a.series[0];
+    let q = server.map(|s| format!("?server={s}")).unwrap_or_default();
+    format!(
+        "/segmentations/{model_id}/studies/{}/series/{se}{q}",
+        e.study_a.uid
+    )
+}
+
 /// servers.json for the fixtures (with a password, to prove it never leaks).
 pub fn servers_json() -> Value {
     let e = env();
@@ -455,8 +472,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy on the fixtures' config with extra flags and environment.
     pub fn start(model: &Model, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
-        let dir = tempdir(&format!("proxy-{name}"));
-        write_config(&dir.join("config"), &servers_json(), &model.models_json());
+        let dir = config_dir(
+            &format!("proxy-{name}"),
+            &servers_json(),
+            &model.models_json(),
+        );
         Proxy::start_in(&dir, args, envs)
     }
 
@@ -467,18 +487,12 @@ impl Proxy {
 
     /// Starts the proxy on HTTPS with a fresh self-signed pair in `dir/certs`.
     pub fn start_tls(model: &Model, name: &str, args: &[&str]) -> Proxy {
-        let dir = tempdir(&format!("proxy-{name}"));
-        write_config(&dir.join("config"), &servers_json(), &model.models_json());
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh");
-        let out = Command::new(script)
-            .arg(dir.join("certs"))
-            .output()
-            .expect("make-cert.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let dir = config_dir(
+            &format!("proxy-{name}"),
+            &servers_json(),
+            &model.models_json(),
         );
+        make_cert(&dir.join("certs"));
         let cert = dir.join("certs/zhiva.crt");
         let key = dir.join("certs/zhiva.key");
         let mut all = vec![
@@ -570,6 +584,37 @@ impl Drop for Proxy {
     }
 }
 
+/// A self-signed pair made the way users make one (`scripts/make-cert.sh`):
+/// `zhiva.crt`, `zhiva.key` and `trusted.crt` in `dir`.
+pub fn make_cert(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh");
+    let out = Command::new(script)
+        .arg(dir)
+        .output()
+        .expect("make-cert.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh temp dir whose `config/` holds `servers` and `models`.
+pub fn config_dir(name: &str, servers: &Value, models: &Value) -> PathBuf {
+    let dir = tempdir(name);
+    write_config(&dir.join("config"), servers, models);
+    dir
+}
+
+/// A fresh temp dir whose `config/` holds one server nothing answers at and no models.
+pub fn bare_config_dir(name: &str) -> PathBuf {
+    config_dir(
+        name,
+        &json!({SERVER_A: {"uri": "http://127.0.0.1:9/dicom-web"}}),
+        &json!({}),
+    )
+}
+
 pub fn write_config(dir: &Path, servers: &Value, models: &Value) {
     std::fs::create_dir_all(dir).expect("config dir");
     std::fs::write(
@@ -589,7 +634,6 @@ pub struct AuthService {
     child: Child,
     /// Base URL, e.g. `http://127.0.0.1:P`.
     pub url: String,
-    pub log: PathBuf,
 }
 
 impl AuthService {
@@ -604,10 +648,7 @@ impl AuthService {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         let mut child = cmd.spawn().expect("auth_service.py");
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        let v = announced(&mut child).unwrap_or_else(|line| {
             panic!(
                 "auth service did not start: {line} {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -616,8 +657,13 @@ impl AuthService {
         AuthService {
             child,
             url: v["url"].as_str().unwrap().to_string(),
-            log,
         }
+    }
+
+    /// Started with HTTPS on the given pair.
+    pub fn start_https(name: &str, cert: &Path, key: &Path) -> AuthService {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        AuthService::start(name, &["--tls-cert", cert, "--tls-key", key])
     }
 
     pub fn control(&self, what: &str, body: Value) -> Value {
