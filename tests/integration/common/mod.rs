@@ -7,6 +7,7 @@
 //! (`/last`, `/count`), so it is reachable only through [`model()`], which hands
 //! it to one test at a time.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -79,7 +80,15 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A fresh directory for this run; `name` must be unique across all the tests.
 pub fn tempdir(name: &str) -> PathBuf {
+    // All areas share one process, so a name used twice would wipe another test's files.
+    static TAKEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let fresh = TAKEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_string());
+    assert!(fresh, "tempdir {name:?} is already used by another test");
     let d = std::env::temp_dir().join(format!("model-proxy-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
