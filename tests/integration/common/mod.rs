@@ -3,16 +3,17 @@
 //! receives with pydicom, and the real `model-proxy` binary.
 //!
 //! Everything is started once per test binary and stops with it (the Python
-//! wrappers watch their parent). The model API remembers what it was sent
+//! wrappers watch their parent). A model API remembers what it was sent
 //! (`/last`, `/count`), so it is reachable only through [`model()`], which hands
-//! it to one test at a time.
+//! each one to one test at a time.
 
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -350,26 +351,17 @@ pub fn wait_for(url: &str, limit: Duration) {
     panic!("{url} did not come up within {limit:?}");
 }
 
-/// The model API every test shares, and the proxy configured with it.
+/// A model API and the proxy configured with it, used by one test at a time.
 struct ModelApi {
+    /// Numbers the instance, for its directory and its shared proxy's.
+    n: usize,
     url: String,
-    lock: Mutex<()>,
     shared: OnceLock<Proxy>,
 }
 
-/// One test's exclusive use of the shared model API: its URL, what it saw, and
-/// every proxy configured with it come from here, so no test can post to the
-/// model while another reads `/last` or `/count`.
-pub struct Model {
-    api: &'static ModelApi,
-    _turn: MutexGuard<'static, ()>,
-}
-
-/// Waits for the model API to be free (starting it on first use) and takes it.
-pub fn model() -> Model {
-    static API: OnceLock<ModelApi> = OnceLock::new();
-    let api = API.get_or_init(|| {
-        let dir = tempdir("model");
+impl ModelApi {
+    fn start(n: usize) -> ModelApi {
+        let dir = tempdir(&format!("model-{n}"));
         let port = free_port();
         let mut c = supervised("model_api.py");
         c.args(["--port", &port.to_string()]);
@@ -377,14 +369,43 @@ pub fn model() -> Model {
         let url = format!("http://127.0.0.1:{port}");
         wait_for(&format!("{url}/"), Duration::from_secs(60));
         ModelApi {
+            n,
             url,
-            lock: Mutex::new(()),
             shared: OnceLock::new(),
         }
+    }
+}
+
+/// The model APIs started so far and not in use. There are never more than
+/// tests running at once, and most runs reuse one or two.
+static IDLE: Mutex<Vec<&'static ModelApi>> = Mutex::new(Vec::new());
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's exclusive use of a model API: its URL, what it saw, and every
+/// proxy configured with it come from here, so no other test can post to it
+/// while this one reads `/last` or `/count`. Dropping it hands the API on.
+pub struct Model {
+    api: &'static ModelApi,
+}
+
+/// Takes an idle model API, or starts one when every one is in use: tests that
+/// need the model run in parallel instead of waiting for each other.
+pub fn model() -> Model {
+    let idle = IDLE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let api = idle.unwrap_or_else(|| {
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        Box::leak(Box::new(ModelApi::start(n)))
     });
-    // A test that failed while holding it left the fixture as usable as any other.
-    let turn = api.lock.lock().unwrap_or_else(|p| p.into_inner());
-    Model { api, _turn: turn }
+    Model { api }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // A test that failed while holding it left the fixture as usable as any other.
+        IDLE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.api);
+    }
 }
 
 impl Model {
@@ -415,7 +436,7 @@ impl Model {
         self.api.shared.get_or_init(|| {
             Proxy::start(
                 self,
-                "shared",
+                &format!("shared-{}", self.api.n),
                 &[
                     "--status-page",
                     "--health-interval",
