@@ -18,21 +18,35 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// The default server: Orthanc A, no auth.
 pub const SERVER_A: &str = "b1407f18-575d-487c-bc0c-640c6da651bc";
+/// Orthanc B with the right Basic credentials.
 pub const SERVER_B: &str = "63140137-a63d-4ad1-b489-3479bc43387c";
+/// Orthanc B with a wrong password.
 pub const SERVER_B_WRONG: &str = "73140137-a63d-4ad1-b489-3479bc43387c";
+/// A server nothing listens at.
 pub const SERVER_DOWN: &str = "83140137-a63d-4ad1-b489-3479bc43387c";
+/// A server that accepts connections and never answers.
 pub const SERVER_STALL: &str = "93140137-a63d-4ad1-b489-3479bc43387c";
 
+/// Segmentation at every level.
 pub const SEG: &str = "1d9508dd-9089-40c3-abdd-15f47120d682";
+/// Annotation, series level only.
 pub const ANN: &str = "2d9508dd-9089-40c3-abdd-15f47120d682";
+/// Prediction, study level only.
 pub const PRED: &str = "3d9508dd-9089-40c3-abdd-15f47120d682";
+/// Segmentation with a dataFilter of two keys, study level.
 pub const FILT: &str = "4d9508dd-9089-40c3-abdd-15f47120d682";
+/// A model that always answers 500.
 pub const FAIL: &str = "5d9508dd-9089-40c3-abdd-15f47120d682";
+/// A model nothing listens at.
 pub const MODEL_DOWN: &str = "6d9508dd-9089-40c3-abdd-15f47120d682";
+/// A model that takes 3 s to answer.
 pub const SLOW: &str = "7d9508dd-9089-40c3-abdd-15f47120d682";
 
+/// Orthanc B's Basic user.
 pub const B_USER: &str = "proxyuser";
+/// Orthanc B's Basic password.
 pub const B_PASSWORD: &str = "s3cr3t-Pa55-w0rd";
 
 /// One generated study: its UID and, per series, the SOP instance UIDs.
@@ -43,6 +57,7 @@ pub struct Study {
 }
 
 impl Study {
+    /// Every SOP instance UID of the study.
     pub fn all_instances(&self) -> Vec<String> {
         self.series.iter().flat_map(|(_, i)| i.clone()).collect()
     }
@@ -62,6 +77,7 @@ pub struct Env {
     pub study_b: Study,
 }
 
+/// `tests/fixtures/`, where the Python fixtures are.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -74,6 +90,7 @@ pub fn proxy_bin() -> PathBuf {
     }
 }
 
+/// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -251,6 +268,7 @@ pub fn env() -> &'static Env {
     })
 }
 
+/// An HTTP client that returns error statuses as answers.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -268,9 +286,11 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The body as JSON; panics with the body if it is not.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
+    /// A header by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -316,6 +336,7 @@ fn into_resp(r: ureq::http::Response<ureq::Body>) -> Resp {
     }
 }
 
+/// Sends a request and reads the whole answer.
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
     let mut b = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
@@ -329,10 +350,12 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&
     into_resp(r.unwrap_or_else(|e| panic!("{method} {url}: {e}")))
 }
 
+/// `GET url`, read whole.
 pub fn get(url: &str) -> Resp {
     request("GET", url, &[], None)
 }
 
+/// Waits until `url` answers 200, or panics after `limit`.
 pub fn wait_for(url: &str, limit: Duration) {
     let start = Instant::now();
     let a = ureq::Agent::config_builder()
@@ -577,10 +600,12 @@ impl Proxy {
         panic!("proxy did not listen: {}", p.logs());
     }
 
+    /// What the proxy has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `GET` a path on this proxy.
     pub fn get(&self, path: &str) -> Resp {
         get(&format!("{}{path}", self.url))
     }
@@ -645,6 +670,7 @@ pub fn bare_config_dir(name: &str) -> PathBuf {
     )
 }
 
+/// Writes servers.json and models.json into `dir`.
 pub fn write_config(dir: &Path, servers: &Value, models: &Value) {
     std::fs::create_dir_all(dir).expect("config dir");
     std::fs::write(
@@ -667,6 +693,7 @@ pub struct AuthService {
 }
 
 impl AuthService {
+    /// Starts one in front of Orthanc A, with extra `auth_service.py` flags.
     pub fn start(name: &str, args: &[&str]) -> AuthService {
         let e = env();
         let dir = tempdir(&format!("authsvc-{name}"));
@@ -696,6 +723,7 @@ impl AuthService {
         AuthService::start(name, &["--tls-cert", cert, "--tls-key", key])
     }
 
+    /// POSTs to a `/control/` route and returns its JSON answer.
     pub fn control(&self, what: &str, body: Value) -> Value {
         let agent = agent();
         let r = agent
@@ -708,6 +736,7 @@ impl AuthService {
         serde_json::from_str(&s).unwrap_or(Value::Null)
     }
 
+    /// `/control/stats`: what the service has seen.
     pub fn stats(&self) -> Value {
         get(&format!("{}/control/stats", self.url)).json()
     }
