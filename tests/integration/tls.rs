@@ -1,11 +1,9 @@
 //! HTTPS: the default way the proxy serves, on a current rustls in front of tiny_http.
 
-mod common;
-
 use std::io::Read;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn agent_trusting(cert: &std::path::Path) -> ureq::Agent {
     let pem = std::fs::read(cert).unwrap();
@@ -27,16 +25,13 @@ fn agent_trusting(cert: &std::path::Path) -> ureq::Agent {
 
 #[test]
 fn inference_over_https() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
-    let p = Proxy::start_tls("https", &[]);
+    let p = Proxy::start_tls(&model, "https", &[]);
     let cert = p.config_dir.parent().unwrap().join("certs/zhiva.crt");
     let agent = agent_trusting(&cert);
     let (series, instances) = &e.study_a.series[0];
-    let url = format!(
-        "{}/segmentations/{SEG}/studies/{}/series/{series}",
-        p.url, e.study_a.uid
-    );
+    let url = format!("{}{}", p.url, series_path(SEG, None));
     // Several requests on one kept-alive connection, then on fresh ones.
     for _ in 0..3 {
         let r = agent
@@ -92,8 +87,8 @@ fn old_tls_versions_are_refused() {
         return;
     };
     assert!(out.status.success());
-    let _ = env();
-    let p = Proxy::start_tls("tls-versions", &[]);
+    let model = model();
+    let p = Proxy::start_tls(&model, "tls-versions", &[]);
     let cert = p.config_dir.parent().unwrap().join("certs/zhiva.crt");
     let curl = |extra: &[&str]| {
         Command::new("curl")
@@ -115,12 +110,7 @@ fn old_tls_versions_are_refused() {
 
 #[test]
 fn missing_certificate_is_a_clear_startup_error() {
-    let d = tempdir("nocert");
-    write_config(
-        &d.join("config"),
-        &serde_json::json!({"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": "http://127.0.0.1:9/x"}}),
-        &serde_json::json!({}),
-    );
+    let d = bare_config_dir("nocert");
     let out = Command::new(proxy_bin())
         .args([
             "--listen",

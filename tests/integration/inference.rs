@@ -1,11 +1,9 @@
 //! The inference path end to end: real Orthanc, real model API, real binary.
 
-mod common;
-
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn seg_url(study: &str) -> String {
@@ -13,8 +11,8 @@ fn seg_url(study: &str) -> String {
 }
 
 /// SOP UIDs the model decoded in its last request, sorted.
-fn decoded_sops() -> Vec<String> {
-    let last = model_last();
+fn decoded_sops(model: &Model) -> Vec<String> {
+    let last = model.last();
     let mut v: Vec<String> = last["instances"]
         .as_array()
         .unwrap()
@@ -32,11 +30,11 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 #[test]
 fn series_segmentation_reaches_the_model_and_comes_back() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
-    let p = shared();
+    let p = model.shared();
     let (series, instances) = &e.study_a.series[0];
-    let r = p.get(&format!("{}/series/{series}", seg_url(&e.study_a.uid)));
+    let r = p.get(&series_path(SEG, None));
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r
         .header("content-type")
@@ -50,79 +48,85 @@ fn series_segmentation_reaches_the_model_and_comes_back() {
             "no segments for {sop}: {body}"
         );
     }
-    assert_eq!(decoded_sops(), sorted(instances.clone()));
-    let last = model_last();
+    assert_eq!(decoded_sops(&model), sorted(instances.clone()));
+    let last = model.last();
     assert_eq!(last["kind"], "list");
     assert_eq!(last["chunked"], true, "the payload is streamed");
 }
 
 #[test]
 fn study_level_sends_every_series() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
-    let r = shared().get(&seg_url(&e.study_a.uid));
+    let r = model.shared().get(&seg_url(&e.study_a.uid));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(decoded_sops(), sorted(e.study_a.all_instances()));
+    assert_eq!(decoded_sops(&model), sorted(e.study_a.all_instances()));
 }
 
 #[test]
 fn instance_level_sends_one_instance() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
     let (series, instances) = &e.study_a.series[1];
-    let r = shared().get(&format!(
+    let r = model.shared().get(&format!(
         "{}/series/{series}/instances/{}",
         seg_url(&e.study_a.uid),
         instances[2]
     ));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(decoded_sops(), vec![instances[2].clone()]);
+    assert_eq!(decoded_sops(&model), vec![instances[2].clone()]);
 }
 
 #[test]
 fn annotation_and_prediction_tasks() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
     let (series, _) = &e.study_a.series[0];
-    let r = shared().get(&format!(
+    let r = model.shared().get(&format!(
         "/annotations/{ANN}/studies/{}/series/{series}",
         e.study_a.uid
     ));
     assert_eq!(r.status, 200, "{}", r.body);
     let text = r.body;
     assert!(text.contains("\"rois\""), "{text}");
-    let r = shared().get(&format!("/predictions/{PRED}/studies/{}", e.study_a.uid));
+    let r = model
+        .shared()
+        .get(&format!("/predictions/{PRED}/studies/{}", e.study_a.uid));
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json()[&e.study_a.uid]["metadata"].is_array());
 }
 
 #[test]
 fn server_parameter_selects_the_pacs_and_its_credentials() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
     let study_b = &e.study_b.uid;
     // Only server B holds this study: the default server does not have it.
-    let r = shared().get(&seg_url(study_b));
+    let r = model.shared().get(&seg_url(study_b));
     r.assert_error(404, "pacs_not_found");
-    let r = shared().get(&format!("{}?server={SERVER_B}", seg_url(study_b)));
+    let r = model
+        .shared()
+        .get(&format!("{}?server={SERVER_B}", seg_url(study_b)));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(decoded_sops(), sorted(e.study_b.all_instances()));
+    assert_eq!(decoded_sops(&model), sorted(e.study_b.all_instances()));
     // The same PACS with a wrong password.
-    let r = shared().get(&format!("{}?server={SERVER_B_WRONG}", seg_url(study_b)));
+    let r = model
+        .shared()
+        .get(&format!("{}?server={SERVER_B_WRONG}", seg_url(study_b)));
     r.assert_error(502, "pacs_auth_failed");
     assert_eq!(r.json()["upstream_status"], 401);
 }
 
 #[test]
 fn data_filter_post_sends_each_key_its_series() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
     let (s1, i1) = &e.study_a.series[0];
     let (s2, i2) = &e.study_a.series[1];
     let body = json!({"series-one": [s1], "series-two": [s2]}).to_string();
     let url = format!(
         "{}/segmentations/{FILT}/studies/{}",
-        shared().url,
+        model.shared().url,
         e.study_a.uid
     );
     let r = request(
@@ -132,7 +136,7 @@ fn data_filter_post_sends_each_key_its_series() {
         Some(&body),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let last = model_last();
+    let last = model.last();
     assert_eq!(last["kind"], "dataFilter");
     let keyed = |key: &str| -> Vec<String> {
         sorted(
@@ -152,15 +156,15 @@ fn data_filter_post_sends_each_key_its_series() {
 
 #[test]
 fn bad_data_filter_bodies_never_reach_upstream() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
     let (s1, _) = &e.study_a.series[0];
     let url = format!(
         "{}/segmentations/{FILT}/studies/{}",
-        shared().url,
+        model.shared().url,
         e.study_a.uid
     );
-    let before = model_count();
+    let before = model.count();
     let cases: Vec<(String, &str)> = vec![
         ("not json".into(), "invalid_body"),
         (json!({"series-one": [s1]}).to_string(), "invalid_body"),
@@ -197,13 +201,13 @@ fn bad_data_filter_bodies_never_reach_upstream() {
     r.assert_error(413, "body_too_large");
     let r = request(
         "POST",
-        &format!("{}{}", shared().url, seg_url(&e.study_a.uid)),
+        &format!("{}{}", model.shared().url, seg_url(&e.study_a.uid)),
         &[],
         Some("{}"),
     );
     r.assert_error(400, "unexpected_body");
     assert_eq!(
-        model_count(),
+        model.count(),
         before,
         "a rejected request reached the model"
     );
@@ -211,11 +215,11 @@ fn bad_data_filter_bodies_never_reach_upstream() {
 
 #[test]
 fn malformed_requests_are_rejected_before_upstream() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
     let st = &e.study_a.uid;
     let (se, _) = &e.study_a.series[0];
-    let before = model_count();
+    let before = model.count();
     let cases = [
         ("/nothing/here".to_string(), 404, "not_found"),
         (format!("/segmentations/{SEG}"), 404, "not_found"),
@@ -279,7 +283,7 @@ fn malformed_requests_are_rejected_before_upstream() {
         ),
     ];
     for (path, status, code) in cases {
-        let r = shared().get(&path);
+        let r = model.shared().get(&path);
         assert_eq!(
             (r.status, r.code()),
             (status, code.to_string()),
@@ -296,13 +300,13 @@ fn malformed_requests_are_rejected_before_upstream() {
     }
     let r = request(
         "DELETE",
-        &format!("{}{}", shared().url, seg_url(st)),
+        &format!("{}{}", model.shared().url, seg_url(st)),
         &[],
         None,
     );
     r.assert_error(405, "method_not_allowed");
     assert_eq!(
-        model_count(),
+        model.count(),
         before,
         "a rejected request reached the model"
     );
@@ -310,6 +314,7 @@ fn malformed_requests_are_rejected_before_upstream() {
 
 #[test]
 fn pacs_misses_are_404() {
+    let model = model();
     let e = env();
     let st = &e.study_a.uid;
     let (se, inst) = &e.study_a.series[0];
@@ -325,7 +330,7 @@ fn pacs_misses_are_404() {
             inst[0]
         ),
     ] {
-        let r = shared().get(&path);
+        let r = model.shared().get(&path);
         assert_eq!(
             (r.status, r.code().as_str()),
             (404, "pacs_not_found"),
@@ -337,20 +342,17 @@ fn pacs_misses_are_404() {
 
 #[test]
 fn upstream_failures_say_which_and_how() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
     let st = &e.study_a.uid;
-    let (se, _) = &e.study_a.series[0];
-    let p = shared();
+    let p = model.shared();
     let r = p.get(&format!("{}?server={SERVER_DOWN}", seg_url(st)));
     r.assert_error(502, "pacs_unreachable");
     let r = p.get(&format!("{}?server={SERVER_STALL}", seg_url(st)));
     r.assert_error(504, "pacs_timeout");
-    let r = p.get(&format!(
-        "/segmentations/{MODEL_DOWN}/studies/{st}/series/{se}"
-    ));
+    let r = p.get(&series_path(MODEL_DOWN, None));
     r.assert_error(502, "model_unreachable");
-    let r = p.get(&format!("/segmentations/{FAIL}/studies/{st}/series/{se}"));
+    let r = p.get(&series_path(FAIL, None));
     r.assert_error(502, "model_error");
     assert_eq!(r.json()["upstream_status"], 500);
     assert!(r.json()["message"]
@@ -358,28 +360,23 @@ fn upstream_failures_say_which_and_how() {
         .unwrap()
         .contains("forced failure"));
     // And the proxy is still fine.
-    let r = p.get(&format!("{}/series/{se}", seg_url(st)));
+    let r = p.get(&series_path(SEG, None));
     assert_eq!(r.status, 200);
 }
 
 #[test]
 fn model_timeout_is_504() {
-    let _model = model_lock();
-    let e = env();
-    let p = Proxy::start("model-timeout", &["--model-timeout", "1"], &[]);
-    let (se, _) = &e.study_a.series[0];
-    let r = p.get(&format!(
-        "/segmentations/{SLOW}/studies/{}/series/{se}",
-        e.study_a.uid
-    ));
+    let model = model();
+    let p = Proxy::start(&model, "model-timeout", &["--model-timeout", "1"], &[]);
+    let r = p.get(&series_path(SLOW, None));
     r.assert_error(504, "model_timeout");
 }
 
 #[test]
 fn cors_on_every_response_and_preflight() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
-    let p = shared();
+    let p = model.shared();
     let origin = "https://app.zhiva.ai";
     let ok = request(
         "GET",
@@ -432,8 +429,8 @@ fn cors_on_every_response_and_preflight() {
 
 #[test]
 fn status_page_reports_health_without_secrets() {
-    let _ = env();
-    let p = shared();
+    let model = model();
+    let p = model.shared();
     // The poller runs every second: wait for a full round.
     let mut status = Value::Null;
     for _ in 0..100 {
@@ -498,24 +495,24 @@ fn status_page_reports_health_without_secrets() {
 
 #[test]
 fn status_page_is_off_by_default() {
-    let _ = env();
-    let p = Proxy::start("no-status", &[], &[]);
+    let model = model();
+    let p = Proxy::start(&model, "no-status", &[], &[]);
     let r = p.get("/status");
     r.assert_error(404, "not_found");
-    let p = Proxy::start("status-env", &[], &[("ZHIVA_SHOW_STATUS_PAGE", "true")]);
+    let p = Proxy::start(
+        &model,
+        "status-env",
+        &[],
+        &[("ZHIVA_SHOW_STATUS_PAGE", "true")],
+    );
     assert_eq!(p.get("/status").status, 200);
 }
 
 #[test]
 fn health_answers_while_every_worker_is_busy_and_the_queue_sheds_load() {
-    let _model = model_lock();
-    let e = env();
-    let p = Proxy::start("busy", &["--workers", "1", "--queue", "1"], &[]);
-    let (se, _) = &e.study_a.series[0];
-    let slow = format!(
-        "{}/segmentations/{SLOW}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let model = model();
+    let p = Proxy::start(&model, "busy", &["--workers", "1", "--queue", "1"], &[]);
+    let slow = format!("{}{}", p.url, series_path(SLOW, None));
     // One request occupies the only worker, one waits in the queue.
     let busy: Vec<_> = (0..2)
         .map(|i| {
@@ -525,10 +522,7 @@ fn health_answers_while_every_worker_is_busy_and_the_queue_sheds_load() {
         })
         .collect();
     thread::sleep(Duration::from_millis(500));
-    let r = p.get(&format!(
-        "/segmentations/{SLOW}/studies/{}/series/{se}",
-        e.study_a.uid
-    ));
+    let r = p.get(&series_path(SLOW, None));
     r.assert_error(503, "overloaded");
     assert!(r.header("retry-after").is_some());
     assert_eq!(p.get("/healthz").status, 200);
@@ -542,9 +536,9 @@ fn health_answers_while_every_worker_is_busy_and_the_queue_sheds_load() {
 
 #[test]
 fn logs_never_hold_the_password() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
-    let p = Proxy::start("logs", &[], &[]);
+    let p = Proxy::start(&model, "logs", &[], &[]);
     let r = p.get(&format!("{}?server={SERVER_B}", seg_url(&e.study_b.uid)));
     assert_eq!(r.status, 200);
     let r = p.get(&format!(
@@ -575,19 +569,18 @@ fn auth_b64() -> String {
 
 #[test]
 fn multipart_payload_opt_in() {
-    let _model = model_lock();
+    let model = model();
     let e = env();
-    let dir = tempdir("multipart");
-    let mut models = models_json(e);
+    let mut models = model.models_json();
     models[SEG]["payload"] = json!("multipart");
-    write_config(&dir.join("config"), &servers_json(e), &models);
+    let dir = config_dir("multipart", &servers_json(), &models);
     let p = Proxy::start_in(&dir, &[], &[]);
     let (series, instances) = &e.study_a.series[1];
     let r = p.get(&format!("{}/series/{series}", seg_url(&e.study_a.uid)));
     assert_eq!(r.status, 200, "{}", r.body);
-    let last = model_last();
+    let last = model.last();
     assert_eq!(last["kind"], "multipart", "{last}");
-    assert_eq!(decoded_sops(), sorted(instances.clone()));
+    assert_eq!(decoded_sops(&model), sorted(instances.clone()));
     // A third of the zhiva payload's size: the DICOM bytes as they are.
     let dicom: u64 = last["bytes"].as_u64().unwrap();
     assert!(dicom < 50_000, "{dicom} bytes for four 64x64 slices");

@@ -1,15 +1,13 @@
 //! Process behaviour as systemd and container runtimes drive it: readiness
 //! notification, graceful SIGTERM/SIGINT, SIGHUP reload.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// The proxy run directly (not supervised), so the test sees its own exit status.
@@ -77,16 +75,10 @@ impl Drop for Direct {
     }
 }
 
-fn config_dir(name: &str) -> std::path::PathBuf {
-    let e = env();
-    let dir = tempdir(name);
-    write_config(&dir.join("config"), &servers_json(e), &models_json(e));
-    dir
-}
-
 #[test]
 fn tells_systemd_it_is_ready() {
-    let dir = config_dir("notify");
+    let model = model();
+    let dir = config_dir("notify", &servers_json(), &model.models_json());
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
@@ -103,24 +95,16 @@ fn tells_systemd_it_is_ready() {
 
 #[test]
 fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
-    let _m = model_lock();
-    let e = env();
-    let dir = config_dir("sigterm");
+    let model = model();
+    let dir = config_dir("sigterm", &servers_json(), &model.models_json());
     let mut p = Direct::start(&dir, &["--grace-period", "20"], None);
-    let (se, _) = &e.study_a.series[0];
-    let slow = format!(
-        "{}/segmentations/{SLOW}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let slow = format!("{}{}", p.url, series_path(SLOW, None));
     let in_flight = thread::spawn(move || get(&slow).status);
     thread::sleep(Duration::from_millis(700));
     p.signal("TERM");
     thread::sleep(Duration::from_millis(300));
     // New inferences are refused while the old one finishes; readiness says so too.
-    let fast = format!(
-        "{}/segmentations/{SEG}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let fast = format!("{}{}", p.url, series_path(SEG, None));
     if let Ok(r) = agent().get(&fast).call() {
         assert_eq!(r.status(), 503);
     }
@@ -143,15 +127,10 @@ fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
 
 #[test]
 fn sigint_exits_0_and_grace_period_bounds_the_wait() {
-    let _m = model_lock();
-    let e = env();
-    let dir = config_dir("sigint");
+    let model = model();
+    let dir = config_dir("sigint", &servers_json(), &model.models_json());
     let mut p = Direct::start(&dir, &["--grace-period", "1"], None);
-    let (se, _) = &e.study_a.series[0];
-    let slow = format!(
-        "{}/segmentations/{SLOW}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let slow = format!("{}{}", p.url, series_path(SLOW, None));
     let _in_flight = thread::spawn(move || agent().get(&slow).call().map(|r| r.status().as_u16()));
     thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
@@ -166,20 +145,15 @@ fn sigint_exits_0_and_grace_period_bounds_the_wait() {
 
 #[test]
 fn sighup_reloads_and_refuses_a_bad_config() {
-    let _m = model_lock();
-    let e = env();
-    let dir = config_dir("sighup");
+    let model = model();
+    let dir = config_dir("sighup", &servers_json(), &model.models_json());
     let mut p = Direct::start(&dir, &[], None);
     let new_model = "8d9508dd-9089-40c3-abdd-15f47120d682";
-    let (se, _) = &e.study_a.series[0];
-    let url = format!(
-        "{}/segmentations/{new_model}/studies/{}/series/{se}",
-        p.url, e.study_a.uid
-    );
+    let url = format!("{}{}", p.url, series_path(new_model, None));
     assert_eq!(get(&url).code(), "unknown_model");
-    let mut models = models_json(e);
-    models[new_model] = json!({"uri": format!("{}/segmentation", e.model), "task": "segmentation", "supports": ["/studies/series"]});
-    write_config(&dir.join("config"), &servers_json(e), &models);
+    let mut models = model.models_json();
+    models[new_model] = json!({"uri": format!("{}/segmentation", model.url()), "task": "segmentation", "supports": ["/studies/series"]});
+    write_config(&dir.join("config"), &servers_json(), &models);
     p.signal("HUP");
     let until = Instant::now() + Duration::from_secs(5);
     while get(&url).status != 200 {

@@ -3,34 +3,50 @@
 //! receives with pydicom, and the real `model-proxy` binary.
 //!
 //! Everything is started once per test binary and stops with it (the Python
-//! wrappers watch their parent).
+//! wrappers watch their parent). A model API remembers what it was sent
+//! (`/last`, `/count`), so it is reachable only through [`model()`], which hands
+//! each one to one test at a time.
 
-#![allow(dead_code)]
-
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// The default server: Orthanc A, no auth.
 pub const SERVER_A: &str = "b1407f18-575d-487c-bc0c-640c6da651bc";
+/// Orthanc B with the right Basic credentials.
 pub const SERVER_B: &str = "63140137-a63d-4ad1-b489-3479bc43387c";
+/// Orthanc B with a wrong password.
 pub const SERVER_B_WRONG: &str = "73140137-a63d-4ad1-b489-3479bc43387c";
+/// A server nothing listens at.
 pub const SERVER_DOWN: &str = "83140137-a63d-4ad1-b489-3479bc43387c";
+/// A server that accepts connections and never answers.
 pub const SERVER_STALL: &str = "93140137-a63d-4ad1-b489-3479bc43387c";
 
+/// Segmentation at every level.
 pub const SEG: &str = "1d9508dd-9089-40c3-abdd-15f47120d682";
+/// Annotation, series level only.
 pub const ANN: &str = "2d9508dd-9089-40c3-abdd-15f47120d682";
+/// Prediction, study level only.
 pub const PRED: &str = "3d9508dd-9089-40c3-abdd-15f47120d682";
+/// Segmentation with a dataFilter of two keys, study level.
 pub const FILT: &str = "4d9508dd-9089-40c3-abdd-15f47120d682";
+/// A model that always answers 500.
 pub const FAIL: &str = "5d9508dd-9089-40c3-abdd-15f47120d682";
+/// A model nothing listens at.
 pub const MODEL_DOWN: &str = "6d9508dd-9089-40c3-abdd-15f47120d682";
+/// A model that takes 3 s to answer.
 pub const SLOW: &str = "7d9508dd-9089-40c3-abdd-15f47120d682";
 
+/// Orthanc B's Basic user.
 pub const B_USER: &str = "proxyuser";
+/// Orthanc B's Basic password.
 pub const B_PASSWORD: &str = "s3cr3t-Pa55-w0rd";
 
 /// One generated study: its UID and, per series, the SOP instance UIDs.
@@ -41,20 +57,18 @@ pub struct Study {
 }
 
 impl Study {
+    /// Every SOP instance UID of the study.
     pub fn all_instances(&self) -> Vec<String> {
         self.series.iter().flat_map(|(_, i)| i.clone()).collect()
     }
 }
 
-/// The running fixtures.
+/// The running PACS-side fixtures; the model API is behind [`model()`].
 pub struct Env {
-    pub dir: PathBuf,
     /// DICOMweb root of the open Orthanc.
     pub pacs_a: String,
     /// DICOMweb root of the Orthanc that wants HTTP Basic.
     pub pacs_b: String,
-    /// Base URL of the model API.
-    pub model: String,
     /// A port nothing listens on.
     pub closed: String,
     /// A port that accepts connections and never answers.
@@ -63,6 +77,7 @@ pub struct Env {
     pub study_b: Study,
 }
 
+/// `tests/fixtures/`, where the Python fixtures are.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -75,6 +90,7 @@ pub fn proxy_bin() -> PathBuf {
     }
 }
 
+/// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -82,7 +98,15 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A fresh directory for this run; `name` must be unique across all the tests.
 pub fn tempdir(name: &str) -> PathBuf {
+    // All areas share one process, so a name used twice would wipe another test's files.
+    static TAKEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let fresh = TAKEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_string());
+    assert!(fresh, "tempdir {name:?} is already used by another test");
     let d = std::env::temp_dir().join(format!("model-proxy-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
@@ -158,6 +182,14 @@ pub fn stop(child: &mut Child) {
     }
 }
 
+/// The JSON line a fixture prints once it listens (its port, its URL), or what it printed instead.
+pub fn announced(child: &mut Child) -> Result<Value, String> {
+    let stdout = child.stdout.take().expect("the fixture's stdout is piped");
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+    serde_json::from_str(&line).map_err(|_| line)
+}
+
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     let f = std::fs::File::create(log).expect("log file");
     let f2 = f.try_clone().expect("log file");
@@ -196,7 +228,7 @@ fn start_orthanc(dir: &Path, port: u16, basic: Option<&str>, data: &Path) -> Str
     format!("{url}/dicom-web")
 }
 
-/// Starts (once) and returns the fixtures.
+/// Starts (once) and returns the PACS-side fixtures.
 pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -216,12 +248,6 @@ pub fn env() -> &'static Env {
             Some(&basic),
             &dir.join("data-b"),
         );
-        let mport = free_port();
-        let mut c = supervised("model_api.py");
-        c.args(["--port", &mport.to_string()]);
-        std::mem::forget(spawn_logged(c, &dir.join("model.log")));
-        let model = format!("http://127.0.0.1:{mport}");
-        wait_for(&format!("{model}/"), Duration::from_secs(60));
         // A socket that accepts and then says nothing: a hung PACS.
         let stall = TcpListener::bind("127.0.0.1:0").expect("bind");
         let stall_url = format!("http://{}", stall.local_addr().unwrap());
@@ -234,16 +260,15 @@ pub fn env() -> &'static Env {
         Env {
             closed: format!("http://127.0.0.1:{}", free_port()),
             stall: stall_url,
-            dir,
             pacs_a,
             pacs_b,
-            model,
             study_a,
             study_b,
         }
     })
 }
 
+/// An HTTP client that returns error statuses as answers.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -261,9 +286,11 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The body as JSON; panics with the body if it is not.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
+    /// A header by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -306,6 +333,7 @@ fn into_resp(r: ureq::http::Response<ureq::Body>) -> Resp {
     }
 }
 
+/// Sends a request and reads the whole answer.
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
     let mut b = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
@@ -319,10 +347,12 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&
     into_resp(r.unwrap_or_else(|e| panic!("{method} {url}: {e}")))
 }
 
+/// `GET url`, read whole.
 pub fn get(url: &str) -> Resp {
     request("GET", url, &[], None)
 }
 
+/// Waits until `url` answers 200, or panics after `limit`.
 pub fn wait_for(url: &str, limit: Duration) {
     let start = Instant::now();
     let a = ureq::Agent::config_builder()
@@ -341,25 +371,122 @@ pub fn wait_for(url: &str, limit: Duration) {
     panic!("{url} did not come up within {limit:?}");
 }
 
-/// Serialises the tests that talk to the model API, whose `/last` and `/count` are global.
-pub fn model_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+/// A model API and the proxy configured with it, used by one test at a time.
+struct ModelApi {
+    /// Numbers the instance, for its directory and its shared proxy's.
+    n: usize,
+    url: String,
+    shared: OnceLock<Proxy>,
 }
 
-/// What the model API saw last, and how many posts it has had.
-pub fn model_last() -> Value {
-    get(&format!("{}/last", env().model)).json()
+impl ModelApi {
+    fn start(n: usize) -> ModelApi {
+        let dir = tempdir(&format!("model-{n}"));
+        let port = free_port();
+        let mut c = supervised("model_api.py");
+        c.args(["--port", &port.to_string()]);
+        std::mem::forget(spawn_logged(c, &dir.join("model.log")));
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for(&format!("{url}/"), Duration::from_secs(60));
+        ModelApi {
+            n,
+            url,
+            shared: OnceLock::new(),
+        }
+    }
 }
 
-pub fn model_count() -> u64 {
-    get(&format!("{}/count", env().model)).json()["count"]
-        .as_u64()
-        .unwrap()
+/// The model APIs started so far and not in use. There are never more than
+/// tests running at once, and most runs reuse one or two.
+static IDLE: Mutex<Vec<&'static ModelApi>> = Mutex::new(Vec::new());
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's exclusive use of a model API: its URL, what it saw, and every
+/// proxy configured with it come from here, so no other test can post to it
+/// while this one reads `/last` or `/count`. Dropping it hands the API on.
+pub struct Model {
+    api: &'static ModelApi,
+}
+
+/// Takes an idle model API, or starts one when every one is in use: tests that
+/// need the model run in parallel instead of waiting for each other.
+pub fn model() -> Model {
+    let idle = IDLE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let api = idle.unwrap_or_else(|| {
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        Box::leak(Box::new(ModelApi::start(n)))
+    });
+    Model { api }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // A test that failed while holding it left the fixture as usable as any other.
+        IDLE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.api);
+    }
+}
+
+impl Model {
+    /// Base URL of the model API.
+    pub fn url(&self) -> &str {
+        &self.api.url
+    }
+
+    /// What the model API saw last (see tests/fixtures/README.md).
+    pub fn last(&self) -> Value {
+        get(&format!("{}/last", self.api.url)).json()
+    }
+
+    /// How many posts the model API has had.
+    pub fn count(&self) -> u64 {
+        get(&format!("{}/count", self.api.url)).json()["count"]
+            .as_u64()
+            .expect("a count")
+    }
+
+    /// models.json for this model API.
+    pub fn models_json(&self) -> Value {
+        models_json(env(), &self.api.url)
+    }
+
+    /// The proxy every test can share: status page on, a CORS origin allowed.
+    pub fn shared(&self) -> &Proxy {
+        self.api.shared.get_or_init(|| {
+            Proxy::start(
+                self,
+                &format!("shared-{}", self.api.n),
+                &[
+                    "--status-page",
+                    "--health-interval",
+                    "1",
+                    "--pacs-timeout",
+                    "2",
+                ],
+                &[(
+                    "ZHIVA_ALLOWED_ORIGINS",
+                    "https://*.zhiva.ai,http://localhost:3000",
+                )],
+            )
+        })
+    }
+}
+
+/// The path of an inference by `model_id` on study A's first series, on `server` if given.
+pub fn series_path(model_id: &str, server: Option<&str>) -> String {
+    let e = env();
+    let (se, _) = &e.study_a.series[0];
+    let q = server.map(|s| format!("?server={s}")).unwrap_or_default();
+    format!(
+        "/segmentations/{model_id}/studies/{}/series/{se}{q}",
+        e.study_a.uid
+    )
 }
 
 /// servers.json for the fixtures (with a password, to prove it never leaks).
-pub fn servers_json(e: &Env) -> Value {
+pub fn servers_json() -> Value {
+    let e = env();
     json!({
         SERVER_A: {"uri": e.pacs_a, "isDefault": true, "statusUri": format!("{}/studies", e.pacs_a), "authType": ""},
         SERVER_B: {"uri": e.pacs_b, "statusUri": format!("{}/studies", e.pacs_b), "authType": "basicAuth", "login": B_USER, "password": B_PASSWORD},
@@ -369,8 +496,7 @@ pub fn servers_json(e: &Env) -> Value {
     })
 }
 
-pub fn models_json(e: &Env) -> Value {
-    let m = &e.model;
+fn models_json(e: &Env, m: &str) -> Value {
     json!({
         SEG: {"uri": format!("{m}/segmentation"), "task": "segmentation", "statusUri": format!("{m}/"),
               "supports": ["/studies", "/studies/series", "/studies/series/instances"]},
@@ -395,10 +521,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the proxy on the fixtures' config with extra flags and environment.
-    pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
-        let e = env();
-        let dir = tempdir(&format!("proxy-{name}"));
-        write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+    pub fn start(model: &Model, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
+        let dir = config_dir(
+            &format!("proxy-{name}"),
+            &servers_json(),
+            &model.models_json(),
+        );
         Proxy::start_in(&dir, args, envs)
     }
 
@@ -408,20 +536,13 @@ impl Proxy {
     }
 
     /// Starts the proxy on HTTPS with a fresh self-signed pair in `dir/certs`.
-    pub fn start_tls(name: &str, args: &[&str]) -> Proxy {
-        let e = env();
-        let dir = tempdir(&format!("proxy-{name}"));
-        write_config(&dir.join("config"), &servers_json(e), &models_json(e));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh");
-        let out = Command::new(script)
-            .arg(dir.join("certs"))
-            .output()
-            .expect("make-cert.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    pub fn start_tls(model: &Model, name: &str, args: &[&str]) -> Proxy {
+        let dir = config_dir(
+            &format!("proxy-{name}"),
+            &servers_json(),
+            &model.models_json(),
         );
+        make_cert(&dir.join("certs"));
         let cert = dir.join("certs/zhiva.crt");
         let key = dir.join("certs/zhiva.key");
         let mut all = vec![
@@ -476,10 +597,12 @@ impl Proxy {
         panic!("proxy did not listen: {}", p.logs());
     }
 
+    /// What the proxy has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `GET` a path on this proxy.
     pub fn get(&self, path: &str) -> Resp {
         get(&format!("{}{path}", self.url))
     }
@@ -513,6 +636,38 @@ impl Drop for Proxy {
     }
 }
 
+/// A self-signed pair made the way users make one (`scripts/make-cert.sh`):
+/// `zhiva.crt`, `zhiva.key` and `trusted.crt` in `dir`.
+pub fn make_cert(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh");
+    let out = Command::new(script)
+        .arg(dir)
+        .output()
+        .expect("make-cert.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh temp dir whose `config/` holds `servers` and `models`.
+pub fn config_dir(name: &str, servers: &Value, models: &Value) -> PathBuf {
+    let dir = tempdir(name);
+    write_config(&dir.join("config"), servers, models);
+    dir
+}
+
+/// A fresh temp dir whose `config/` holds one server nothing answers at and no models.
+pub fn bare_config_dir(name: &str) -> PathBuf {
+    config_dir(
+        name,
+        &json!({SERVER_A: {"uri": "http://127.0.0.1:9/dicom-web"}}),
+        &json!({}),
+    )
+}
+
+/// Writes servers.json and models.json into `dir`.
 pub fn write_config(dir: &Path, servers: &Value, models: &Value) {
     std::fs::create_dir_all(dir).expect("config dir");
     std::fs::write(
@@ -527,36 +682,15 @@ pub fn write_config(dir: &Path, servers: &Value, models: &Value) {
     .unwrap();
 }
 
-/// The proxy every test can share: status page on, a CORS origin allowed.
-pub fn shared() -> &'static Proxy {
-    static P: OnceLock<Proxy> = OnceLock::new();
-    P.get_or_init(|| {
-        Proxy::start(
-            "shared",
-            &[
-                "--status-page",
-                "--health-interval",
-                "1",
-                "--pacs-timeout",
-                "2",
-            ],
-            &[(
-                "ZHIVA_ALLOWED_ORIGINS",
-                "https://*.zhiva.ai,http://localhost:3000",
-            )],
-        )
-    })
-}
-
 /// The zhiva auth service and its Bearer-checking PACS gateway, in front of Orthanc A.
 pub struct AuthService {
     child: Child,
     /// Base URL, e.g. `http://127.0.0.1:P`.
     pub url: String,
-    pub log: PathBuf,
 }
 
 impl AuthService {
+    /// Starts one in front of Orthanc A, with extra `auth_service.py` flags.
     pub fn start(name: &str, args: &[&str]) -> AuthService {
         let e = env();
         let dir = tempdir(&format!("authsvc-{name}"));
@@ -568,10 +702,7 @@ impl AuthService {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         let mut child = cmd.spawn().expect("auth_service.py");
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        let v = announced(&mut child).unwrap_or_else(|line| {
             panic!(
                 "auth service did not start: {line} {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -580,10 +711,16 @@ impl AuthService {
         AuthService {
             child,
             url: v["url"].as_str().unwrap().to_string(),
-            log,
         }
     }
 
+    /// Started with HTTPS on the given pair.
+    pub fn start_https(name: &str, cert: &Path, key: &Path) -> AuthService {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        AuthService::start(name, &["--tls-cert", cert, "--tls-key", key])
+    }
+
+    /// POSTs to a `/control/` route and returns its JSON answer.
     pub fn control(&self, what: &str, body: Value) -> Value {
         let agent = agent();
         let r = agent
@@ -596,6 +733,7 @@ impl AuthService {
         serde_json::from_str(&s).unwrap_or(Value::Null)
     }
 
+    /// `/control/stats`: what the service has seen.
     pub fn stats(&self) -> Value {
         get(&format!("{}/control/stats", self.url)).json()
     }

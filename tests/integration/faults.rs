@@ -2,13 +2,10 @@
 //! free its worker, and leave the proxy serving the next request without a restart.
 //! The proxy runs with a single worker, so a worker left stuck would show at once.
 
-mod common;
-
-use std::io::BufRead;
 use std::process::{Child, Stdio};
 
-use common::*;
-use serde_json::{json, Value};
+use crate::common::*;
+use serde_json::json;
 
 const CUT: &str = "c2407f18-575d-487c-bc0c-640c6da651bc";
 const GARBAGE: &str = "d2407f18-575d-487c-bc0c-640c6da651bc";
@@ -35,11 +32,7 @@ fn faults() -> Faults {
         .stdout(Stdio::piped())
         .spawn()
         .expect("faults.py");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = serde_json::from_str::<Value>(&line).unwrap()["port"]
+    let port = announced(&mut child).expect("faults.py did not start")["port"]
         .as_u64()
         .unwrap();
     Faults {
@@ -48,17 +41,15 @@ fn faults() -> Faults {
     }
 }
 
-fn proxy(f: &Faults, name: &str) -> Proxy {
-    let e = env();
-    let dir = tempdir(name);
-    let mut servers = servers_json(e);
+fn proxy(model: &Model, f: &Faults, name: &str) -> Proxy {
+    let mut servers = servers_json();
     servers[CUT] = json!({"uri": format!("{}/cut/20000/dicom-web", f.url)});
     servers[GARBAGE] = json!({"uri": format!("{}/garbage/dicom-web", f.url)});
     servers[FLAKY] = json!({"uri": format!("{}/flaky/dicom-web", f.url)});
-    let mut models = models_json(e);
+    let mut models = model.models_json();
     models[CLOSE] = json!({"uri": format!("{}/model/close", f.url), "task": "segmentation", "supports": ["/studies/series"]});
     models[HANG] = json!({"uri": format!("{}/model/hang", f.url), "task": "segmentation", "supports": ["/studies/series"]});
-    write_config(&dir.join("config"), &servers, &models);
+    let dir = config_dir(name, &servers, &models);
     Proxy::start_in(
         &dir,
         &["--workers", "1", "--queue", "1", "--model-timeout", "2"],
@@ -70,10 +61,7 @@ fn proxy(f: &Faults, name: &str) -> Proxy {
 fn assert_recovered(p: &Proxy) {
     let e = env();
     let (se, instances) = &e.study_a.series[0];
-    let r = p.get(&format!(
-        "/segmentations/{SEG}/studies/{}/series/{se}",
-        e.study_a.uid
-    ));
+    let r = p.get(&series_path(SEG, None));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.json()[&e.study_a.uid][se].as_object().unwrap().len(),
@@ -85,22 +73,12 @@ fn assert_recovered(p: &Proxy) {
     assert!(m.contains("model_proxy_workers_alive 1"), "{m}");
 }
 
-fn series_url(model: &str, server: Option<&str>) -> String {
-    let e = env();
-    let (se, _) = &e.study_a.series[0];
-    let q = server.map(|s| format!("?server={s}")).unwrap_or_default();
-    format!(
-        "/segmentations/{model}/studies/{}/series/{se}{q}",
-        e.study_a.uid
-    )
-}
-
 #[test]
 fn pacs_stopping_mid_stream_is_502_and_frees_the_worker() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-cut");
-    let r = p.get(&series_url(SEG, Some(CUT)));
+    let p = proxy(&model, &f, "fault-cut");
+    let r = p.get(&series_path(SEG, Some(CUT)));
     r.assert_error(502, "pacs_unreachable");
     assert!(r.body.contains("mid-stream"), "{}", r.body);
     assert_recovered(&p);
@@ -108,31 +86,31 @@ fn pacs_stopping_mid_stream_is_502_and_frees_the_worker() {
 
 #[test]
 fn malformed_multipart_is_502() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-garbage");
-    let r = p.get(&series_url(SEG, Some(GARBAGE)));
+    let p = proxy(&model, &f, "fault-garbage");
+    let r = p.get(&series_path(SEG, Some(GARBAGE)));
     r.assert_error(502, "pacs_bad_response");
     assert_recovered(&p);
 }
 
 #[test]
 fn model_closing_mid_body_is_502() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-close");
-    let r = p.get(&series_url(CLOSE, None));
+    let p = proxy(&model, &f, "fault-close");
+    let r = p.get(&series_path(CLOSE, None));
     r.assert_error(502, "model_unreachable");
     assert_recovered(&p);
 }
 
 #[test]
 fn hung_model_is_504_at_the_timeout() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-hang");
+    let p = proxy(&model, &f, "fault-hang");
     let started = std::time::Instant::now();
-    let r = p.get(&series_url(HANG, None));
+    let r = p.get(&series_path(HANG, None));
     r.assert_error(504, "model_timeout");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert_recovered(&p);
@@ -140,24 +118,22 @@ fn hung_model_is_504_at_the_timeout() {
 
 #[test]
 fn content_length_models_and_concurrency_limits() {
-    let _m = model_lock();
-    let e = env();
-    let dir = tempdir("fault-cl");
-    let mut models = models_json(e);
+    let model = model();
+    let mut models = model.models_json();
     models[SEG]["contentLength"] = json!(true);
     models[SLOW]["maxConcurrent"] = json!(1);
-    write_config(&dir.join("config"), &servers_json(e), &models);
+    let dir = config_dir("fault-cl", &servers_json(), &models);
     let p = Proxy::start_in(&dir, &[], &[]);
-    let r = p.get(&series_url(SEG, None));
+    let r = p.get(&series_path(SEG, None));
     assert_eq!(r.status, 200, "{}", r.body);
-    let last = model_last();
+    let last = model.last();
     assert_eq!(last["chunked"], false);
     assert!(last["contentLength"].as_u64().unwrap() > 1000, "{last}");
     // The spool leaves nothing behind.
     let spool = dir.join("state/spool");
     assert_eq!(std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0), 0);
     // Two requests on a model limited to one at a time: the second waits its turn.
-    let url = format!("{}{}", p.url, series_url(SLOW, None));
+    let url = format!("{}{}", p.url, series_path(SLOW, None));
     let started = std::time::Instant::now();
     let a = {
         let u = url.clone();
@@ -176,10 +152,10 @@ fn content_length_models_and_concurrency_limits() {
 
 #[test]
 fn a_pacs_hiccup_before_any_byte_went_to_the_model_is_retried() {
-    let _m = model_lock();
+    let model = model();
     let f = faults();
-    let p = proxy(&f, "fault-flaky");
-    let r = p.get(&series_url(SEG, Some(FLAKY)));
+    let p = proxy(&model, &f, "fault-flaky");
+    let r = p.get(&series_path(SEG, Some(FLAKY)));
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(p.logs().contains("HTTP 503; retrying"), "{}", p.logs());
 }
@@ -187,10 +163,9 @@ fn a_pacs_hiccup_before_any_byte_went_to_the_model_is_retried() {
 #[test]
 fn a_client_stalling_its_body_does_not_hold_a_worker() {
     use std::io::Write;
-    let _m = model_lock();
+    let model = model();
     let e = env();
-    let dir = tempdir("fault-stall");
-    write_config(&dir.join("config"), &servers_json(e), &models_json(e));
+    let dir = config_dir("fault-stall", &servers_json(), &model.models_json());
     let p = Proxy::start_in(&dir, &["--workers", "1", "--body-timeout", "1"], &[]);
     let addr = p.url.trim_start_matches("http://").to_string();
     let mut stalled = std::net::TcpStream::connect(&addr).unwrap();

@@ -1,11 +1,8 @@
 //! The command line as scripts and service managers use it.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
-use serde_json::json;
+use crate::common::*;
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(proxy_bin())
@@ -40,7 +37,8 @@ const GOOD_MODELS: &str = r#"{
   }
 }"#;
 
-fn config_dir(name: &str, servers: &str, models: &str) -> std::path::PathBuf {
+/// A temp dir holding servers.json and models.json as written, comments and errors included.
+fn config_files(name: &str, servers: &str, models: &str) -> std::path::PathBuf {
     let d = tempdir(name);
     std::fs::write(d.join("servers.json"), servers).unwrap();
     std::fs::write(d.join("models.json"), models).unwrap();
@@ -49,7 +47,7 @@ fn config_dir(name: &str, servers: &str, models: &str) -> std::path::PathBuf {
 
 #[test]
 fn check_config_accepts_the_docs_examples() {
-    let d = config_dir("good", GOOD_SERVERS, GOOD_MODELS);
+    let d = config_files("good", GOOD_SERVERS, GOOD_MODELS);
     let (code, out, _) = run(&["check-config", "--config", d.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(out.starts_with("ok: 1 server(s)"), "{out}");
@@ -67,7 +65,7 @@ fn check_config_lists_every_problem_with_its_place() {
   "model-one": {"uri": "http://m", "task": "segmentation", "supports": ["/studies"]},
   "1d9508dd-9089-40c3-abdd-15f47120d682": {"uri": "http://m", "task": "classification", "supports": ["/series"]}
 }"#;
-    let d = config_dir("bad", servers, models);
+    let d = config_files("bad", servers, models);
     let (code, _, err) = run(&["check-config", "--config", d.to_str().unwrap()]);
     assert_eq!(code, 1);
     for needle in [
@@ -80,7 +78,7 @@ fn check_config_lists_every_problem_with_its_place() {
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
-    let d = config_dir("syntax", "{\n  \"a\": [1, 2\n}", "{}");
+    let d = config_files("syntax", "{\n  \"a\": [1, 2\n}", "{}");
     let (code, _, err) = run(&["check-config", "--config", d.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("servers.json:3:1: not valid JSON"), "{err}");
@@ -91,7 +89,7 @@ fn check_config_lists_every_problem_with_its_place() {
 
 #[test]
 fn serve_refuses_a_bad_config() {
-    let d = config_dir("refuse", "{}", GOOD_MODELS);
+    let d = config_files("refuse", "{}", GOOD_MODELS);
     let (code, _, err) = run(&[
         "serve",
         "--no-tls",
@@ -106,12 +104,7 @@ fn serve_refuses_a_bad_config() {
 
 #[test]
 fn healthcheck_exit_codes() {
-    let d = tempdir("hc");
-    write_config(
-        &d.join("config"),
-        &json!({"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": "http://127.0.0.1:9/dicom-web"}}),
-        &json!({}),
-    );
+    let d = bare_config_dir("hc");
     let p = Proxy::start_in(&d, &[], &[]);
     let (code, _, _) = run(&["healthcheck", "--url", &format!("{}/healthz", p.url)]);
     assert_eq!(code, 0);
@@ -172,12 +165,7 @@ fn shipped_example_configs_are_valid() {
 
 #[test]
 fn metrics_are_prometheus_text() {
-    let d = tempdir("metrics");
-    write_config(
-        &d.join("config"),
-        &json!({"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": "http://127.0.0.1:9/dicom-web"}}),
-        &json!({}),
-    );
+    let d = bare_config_dir("metrics");
     let p = Proxy::start_in(&d, &[], &[]);
     assert_eq!(p.get("/healthz").status, 200);
     assert_eq!(p.get("/nope/x").status, 404);

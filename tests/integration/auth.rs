@@ -1,35 +1,28 @@
 //! PACS authentication against a fixture that speaks the zhiva auth protocol (RS256
 //! JWTs, one-off auth tokens, short-lived access tokens) in front of a real Orthanc.
 
-mod common;
-
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const Z: &str = "a1407f18-575d-487c-bc0c-640c6da651bc";
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-password";
 
-fn series_url(_p: &Proxy, server: &str) -> String {
-    let e = env();
-    let (se, _) = &e.study_a.series[0];
-    format!(
-        "/segmentations/{SEG}/studies/{}/series/{se}?server={server}",
-        e.study_a.uid
-    )
+/// The inference every test here makes: through the gateway, as server `Z`.
+fn inference_url(p: &Proxy) -> String {
+    format!("{}{}", p.url, series_path(SEG, Some(Z)))
 }
 
-fn start(dir: &Path, servers: Value, args: &[&str]) -> Proxy {
-    let e = env();
-    let mut all = servers_json(e);
+fn start(model: &Model, dir: &Path, servers: Value, args: &[&str]) -> Proxy {
+    let mut all = servers_json();
     for (k, v) in servers.as_object().unwrap() {
         all[k] = v.clone();
     }
-    write_config(&dir.join("config"), &all, &models_json(e));
+    write_config(&dir.join("config"), &all, &model.models_json());
     Proxy::start_in(dir, args, &[])
 }
 
@@ -72,11 +65,16 @@ fn assert_no_secrets(p: &Proxy, dir: &Path, extra: &[&str]) {
 
 #[test]
 fn zhiva_auth_signs_in_once_under_concurrency_and_refreshes_silently() {
-    let _m = model_lock();
+    let model = model();
     let a = AuthService::start("zhiva", &["--access-ttl", "3", "--auth-delay", "0.2"]);
     let dir = tempdir("auth-zhiva");
-    let p = start(&dir, json!({Z: zhiva(&a, PASSWORD)}), &["--status-page"]);
-    let url = format!("{}{}", p.url, series_url(&p, Z));
+    let p = start(
+        &model,
+        &dir,
+        json!({Z: zhiva(&a, PASSWORD)}),
+        &["--status-page"],
+    );
+    let url = inference_url(&p);
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let u = url.clone();
@@ -124,7 +122,7 @@ fn zhiva_auth_signs_in_once_under_concurrency_and_refreshes_silently() {
 
 #[test]
 fn token_mode_survives_restarts_and_a_new_token_wins() {
-    let _m = model_lock();
+    let model = model();
     let a = AuthService::start("token", &["--access-ttl", "3"]);
     let dir = tempdir("auth-token");
     let minted = a.control("mint-auth-token", json!({"username": USER}))["token"]
@@ -132,15 +130,14 @@ fn token_mode_survives_restarts_and_a_new_token_wins() {
         .unwrap()
         .to_string();
     let cfg = |t: &str| json!({Z: a.server(json!({"authType": "token", "authToken": t}))});
-    let mut p = start(&dir, cfg(&minted), &[]);
-    let url = |p: &Proxy| format!("{}{}", p.url, series_url(p, Z));
-    assert_eq!(get(&url(&p)).status, 200);
+    let mut p = start(&model, &dir, cfg(&minted), &[]);
+    assert_eq!(get(&inference_url(&p)).status, 200);
     assert_eq!(a.stats()["token_exchange_ok"], 1);
     p.stop();
     thread::sleep(Duration::from_secs(4)); // the stored access token has expired meanwhile
                                            // Restarted with the consumed token still in servers.json: the store carries on.
-    let p2 = start(&dir, cfg(&minted), &[]);
-    assert_eq!(get(&url(&p2)).status, 200, "{}", p2.logs());
+    let p2 = start(&model, &dir, cfg(&minted), &[]);
+    assert_eq!(get(&inference_url(&p2)).status, 200, "{}", p2.logs());
     assert_eq!(
         a.stats()["token_exchange"],
         1,
@@ -153,19 +150,20 @@ fn token_mode_survives_restarts_and_a_new_token_wins() {
         .unwrap()
         .to_string();
     let p3 = start(
+        &model,
         &dir,
         json!({Z: a.server(json!({"authType": "token", "token": fresh}))}),
         &[],
     );
-    assert_eq!(get(&url(&p3)).status, 200);
+    assert_eq!(get(&inference_url(&p3)).status, 200);
     assert_eq!(a.stats()["token_exchange_ok"], 2);
     assert_no_secrets(&p3, &dir, &[&minted, &fresh]);
     drop(p3);
     // Consumed token, refresh tokens revoked: a clear failure that says what to do.
     a.control("revoke-refresh-tokens", json!({}));
     a.control("revoke-access-tokens", json!({}));
-    let p4 = start(&dir, cfg(&fresh), &["--status-page"]);
-    let r = get(&url(&p4));
+    let p4 = start(&model, &dir, cfg(&fresh), &["--status-page"]);
+    let r = get(&inference_url(&p4));
     r.assert_error(502, "pacs_auth_failed");
     assert!(r.body.contains("mint a new auth token"), "{}", r.body);
     let z = p4.status_entry("servers", Z);
@@ -176,20 +174,22 @@ fn token_mode_survives_restarts_and_a_new_token_wins() {
 
 #[test]
 fn wrong_password_is_pacs_auth_failed() {
+    let model = model();
     let a = AuthService::start("wrong", &[]);
     let dir = tempdir("auth-wrong");
     let p = start(
+        &model,
         &dir,
         json!({Z: zhiva(&a, "wrong-password")}),
         &["--status-page"],
     );
-    let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
+    let r = get(&inference_url(&p));
     r.assert_error(502, "pacs_auth_failed");
     assert!(r.body.contains("login and password"), "{}", r.body);
     // Requests during the backoff fail fast without hammering the auth service.
     let before = a.stats()["sign_in"].as_u64().unwrap();
     for _ in 0..5 {
-        assert_eq!(get(&format!("{}{}", p.url, series_url(&p, Z))).status, 502);
+        assert_eq!(get(&inference_url(&p)).status, 502);
     }
     assert!(a.stats()["sign_in"].as_u64().unwrap() <= before + 1);
     assert_no_secrets(&p, &dir, &[]);
@@ -197,7 +197,7 @@ fn wrong_password_is_pacs_auth_failed() {
 
 #[test]
 fn corrupt_store_is_logged_and_ignored() {
-    let _m = model_lock();
+    let model = model();
     let a = AuthService::start("corrupt", &[]);
     let dir = tempdir("auth-corrupt");
     std::fs::create_dir_all(dir.join("state/tokens")).unwrap();
@@ -206,8 +206,8 @@ fn corrupt_store_is_logged_and_ignored() {
         "{\"access\": \"abc\", \"refr",
     )
     .unwrap();
-    let p = start(&dir, json!({Z: zhiva(&a, PASSWORD)}), &[]);
-    assert_eq!(get(&format!("{}{}", p.url, series_url(&p, Z))).status, 200);
+    let p = start(&model, &dir, json!({Z: zhiva(&a, PASSWORD)}), &[]);
+    assert_eq!(get(&inference_url(&p)).status, 200);
     assert!(p.logs().contains("is corrupt"), "{}", p.logs());
     // And the store is whole again.
     let v: Value = serde_json::from_str(
@@ -219,11 +219,16 @@ fn corrupt_store_is_logged_and_ignored() {
 
 #[test]
 fn auth_service_down_and_back() {
-    let _m = model_lock();
+    let model = model();
     let a = AuthService::start("downup", &["--access-ttl", "3"]);
     let dir = tempdir("auth-downup");
-    let p = start(&dir, json!({Z: zhiva(&a, PASSWORD)}), &["--status-page"]);
-    let url = format!("{}{}", p.url, series_url(&p, Z));
+    let p = start(
+        &model,
+        &dir,
+        json!({Z: zhiva(&a, PASSWORD)}),
+        &["--status-page"],
+    );
+    let url = inference_url(&p);
     assert_eq!(get(&url).status, 200);
     a.control("down", json!({}));
     thread::sleep(Duration::from_secs(4)); // the access token expires; refreshes fail
@@ -247,36 +252,29 @@ fn auth_service_down_and_back() {
 
 #[test]
 fn https_auth_service_with_an_extra_ca_file() {
-    let _m = model_lock();
+    let model = model();
     let dir = tempdir("auth-https");
-    let out = std::process::Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh"),
-    )
-    .arg(dir.join("certs"))
-    .output()
-    .unwrap();
-    assert!(out.status.success());
-    let cert = dir.join("certs/zhiva.crt");
-    let key = dir.join("certs/zhiva.key");
-    let a = AuthService::start(
+    make_cert(&dir.join("certs"));
+    let a = AuthService::start_https(
         "https",
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
+        &dir.join("certs/zhiva.crt"),
+        &dir.join("certs/zhiva.key"),
     );
     assert!(a.url.starts_with("https://"));
     let server = || json!({Z: zhiva(&a, PASSWORD)});
     // Without the CA file the self-signed certificate is not trusted: no silent "accept anything".
-    let p = start(&dir, server(), &[]);
-    let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
+    let p = start(&model, &dir, server(), &[]);
+    let r = get(&inference_url(&p));
     r.assert_error(502, "pacs_auth_failed");
     drop(p);
     let trusted = dir.join("certs/trusted.crt");
-    let p = start(&dir, server(), &["--ca-file", trusted.to_str().unwrap()]);
-    let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
+    let p = start(
+        &model,
+        &dir,
+        server(),
+        &["--ca-file", trusted.to_str().unwrap()],
+    );
+    let r = get(&inference_url(&p));
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -284,7 +282,7 @@ fn https_auth_service_with_an_extra_ca_file() {
 fn local_pacs_certificate_made_the_docs_way_is_trusted_through_the_ca_file() {
     // `openssl req -x509 ... -subj .../CN=localhost` as the zhiva docs say: no
     // subjectAltName, CA:TRUE. Pinned through the CA file, it is trusted as itself.
-    let _m = model_lock();
+    let model = model();
     let dir = tempdir("auth-seedcert");
     let out = std::process::Command::new("python3")
         .arg(fixtures().join("auth_service.py"))
@@ -299,21 +297,14 @@ fn local_pacs_certificate_made_the_docs_way_is_trusted_through_the_ca_file() {
     );
     let cert = dir.join("certs/trusted.crt");
     let key = dir.join("certs/server.key");
-    let a = AuthService::start(
-        "seedcert",
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let a = AuthService::start_https("seedcert", &cert, &key);
     let p = start(
+        &model,
         &dir,
         json!({Z: zhiva(&a, PASSWORD)}),
         &["--ca-file", cert.to_str().unwrap()],
     );
-    let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
+    let r = get(&inference_url(&p));
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -321,11 +312,11 @@ fn local_pacs_certificate_made_the_docs_way_is_trusted_through_the_ca_file() {
 fn the_real_services_status_codes_work_too() {
     // `--zhiva-quirks`: the real gateway answers 403 for a dead access token, the
     // real auth service 500 for an expired token and 400 for a wrong login.
-    let _m = model_lock();
+    let model = model();
     let a = AuthService::start("quirks", &["--zhiva-quirks", "--access-ttl", "3"]);
     let dir = tempdir("auth-quirks");
-    let p = start(&dir, json!({Z: zhiva(&a, PASSWORD)}), &[]);
-    let url = format!("{}{}", p.url, series_url(&p, Z));
+    let p = start(&model, &dir, json!({Z: zhiva(&a, PASSWORD)}), &[]);
+    let url = inference_url(&p);
     assert_eq!(get(&url).status, 200);
     a.control("revoke-access-tokens", json!({}));
     let r = get(&url);
@@ -343,8 +334,8 @@ fn the_real_services_status_codes_work_too() {
     );
     drop(p);
     let dir = tempdir("auth-quirks-wrong");
-    let p = start(&dir, json!({Z: zhiva(&a, "wrong-password")}), &[]);
-    let r = get(&format!("{}{}", p.url, series_url(&p, Z)));
+    let p = start(&model, &dir, json!({Z: zhiva(&a, "wrong-password")}), &[]);
+    let r = get(&inference_url(&p));
     r.assert_error(502, "pacs_auth_failed");
     assert!(r.body.contains("login and password"), "{}", r.body);
 }

@@ -1,0 +1,16 @@
+//! The integration tests, one binary: each module drives the real `model-proxy`
+//! binary over HTTP against real Orthanc servers and the Python fixtures in
+//! `tests/fixtures/`. One binary, so the fixtures `common` shares (Orthanc, the
+//! model API) start once per run instead of once per area.
+//!
+//! `cargo test --test integration -- inference::` runs one area.
+
+mod common;
+
+mod auth;
+mod cli;
+mod faults;
+mod fuzz_regressions;
+mod inference;
+mod process;
+mod tls;
