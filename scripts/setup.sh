@@ -23,6 +23,21 @@ if ! python3 -c 'import pydicom, numpy, fastapi, uvicorn' 2>/dev/null; then
     python3 -m pip install -q -r tests/fixtures/requirements.txt
 fi
 
+# The browser tests: Debian's Chromium, and the page's HTTP clients from the npm registry.
+if ! command -v chromium >/dev/null; then
+    echo "setup: installing chromium" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "setup: node and npm are needed for tests/browser (Debian: apt-get install nodejs npm)" >&2
+    exit 1
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    echo "setup: installing tests/browser's npm packages" >&2
+    (cd tests/browser && npm ci --silent --no-audit --no-fund)
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust from https://rustup.rs" >&2
     exit 1

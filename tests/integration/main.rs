@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod contract;
 mod faults;
 mod fuzz_regressions;
 mod inference;

@@ -119,7 +119,7 @@ fn python(args: &[&str]) -> Command {
     c
 }
 
-fn generate(dir: &Path, series: usize, slices: usize, seed: u32) -> Study {
+pub fn generate(dir: &Path, series: usize, slices: usize, seed: u32) -> Study {
     let script = fixtures().join("gen_study.py");
     let out = python(&[
         script.to_str().unwrap(),
