@@ -75,6 +75,8 @@ fn instance_level_sends_one_instance() {
     ));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(decoded_sops(&model), vec![instances[2].clone()]);
+    // One instance string, not a one-element list (the docs' full instance model).
+    assert_eq!(model.last()["kind"], "instance");
 }
 
 #[test]
