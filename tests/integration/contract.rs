@@ -219,6 +219,10 @@ fn browser(spec: &Value) -> Vec<Value> {
     let spec_file = dir.join("spec.json");
     std::fs::write(&spec_file, spec.to_string()).unwrap();
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "tests/browser has no npm packages: run scripts/setup.sh (it installs them and Chromium)"
+    );
     let out = std::process::Command::new("node")
         .arg(browser_dir.join("viewer.mjs"))
         .arg(&spec_file)
