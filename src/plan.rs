@@ -149,13 +149,7 @@ fn study_layout(model: &Model, study: &str, assigned: &[Assigned]) -> Result<Lay
     let matched = match_keys(model, &model.data_filter, assigned, "")?;
     let mut entries = Vec::new();
     for (dk, a) in matched {
-        if !is_dicom_uid(&a.uuid) {
-            return Err(invalid_uid(
-                &format!("dataKey {:?}: series", dk.key),
-                &a.uuid,
-            ));
-        }
-        let series = format!("{study}/series/{}", a.uuid);
+        let series = format!("{study}/series/{}", uid(dk, a, "series")?);
         let inner = if dk.nested.is_empty() {
             if !a.nested.is_empty() {
                 return Err(invalid(format!(
@@ -195,12 +189,7 @@ fn instances(
     let matched = match_keys(model, keys, assigned, what)?;
     let mut entries = Vec::new();
     for (dk, a) in matched {
-        if !is_dicom_uid(&a.uuid) {
-            return Err(invalid_uid(
-                &format!("dataKey {:?}: instance", dk.key),
-                &a.uuid,
-            ));
-        }
+        let sop = uid(dk, a, "instance")?;
         if !a.nested.is_empty() {
             return Err(invalid(format!(
                 "dataKey {:?} is an instance; it takes no nested data filters",
@@ -209,10 +198,22 @@ fn instances(
         }
         entries.push((
             dk.key.clone(),
-            Layout::One(format!("{series}/instances/{}", a.uuid)),
+            Layout::One(format!("{series}/instances/{sop}")),
         ));
     }
     Ok(Layout::Keyed(entries))
+}
+
+/// The UID assigned to `dk`, checked; `what` it names goes in the message.
+fn uid<'a>(dk: &DataKey, a: &'a Assigned, what: &str) -> Result<&'a str, ProxyError> {
+    if is_dicom_uid(&a.uuid) {
+        Ok(&a.uuid)
+    } else {
+        Err(invalid_uid(
+            &format!("dataKey {:?}: {what}", dk.key),
+            &a.uuid,
+        ))
+    }
 }
 
 /// Pairs every configured key with exactly one assignment, in config order;

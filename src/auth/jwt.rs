@@ -4,6 +4,22 @@
 /// Never send an access token with less than this left to live (seconds).
 const MIN_REMAINING: u64 = 1;
 
+/// The claims of a JWT, read WITHOUT verifying its signature: only for what the
+/// proxy decides on its own side (when to refresh, which Origin to send). The
+/// PACS and the auth service verify the tokens we send them.
+fn unverified<T: serde::de::DeserializeOwned>(token: &str) -> Option<T> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.insecure_disable_signature_validation();
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    let key = jsonwebtoken::DecodingKey::from_secret(&[]);
+    jsonwebtoken::decode::<T>(token, &key, &v)
+        .ok()
+        .map(|d| d.claims)
+}
+
 /// `exp` and `iat` of a JWT, read without verifying it: used for timing only.
 pub fn jwt_times(token: &str) -> (Option<u64>, Option<u64>) {
     #[derive(serde::Deserialize)]
@@ -11,19 +27,7 @@ pub fn jwt_times(token: &str) -> (Option<u64>, Option<u64>) {
         exp: Option<u64>,
         iat: Option<u64>,
     }
-    let Ok(header) = jsonwebtoken::decode_header(token) else {
-        return (None, None);
-    };
-    let mut v = jsonwebtoken::Validation::new(header.alg);
-    v.insecure_disable_signature_validation();
-    v.validate_exp = false;
-    v.validate_aud = false;
-    v.required_spec_claims.clear();
-    let key = jsonwebtoken::DecodingKey::from_secret(&[]);
-    match jsonwebtoken::decode::<Times>(token, &key, &v) {
-        Ok(data) => (data.claims.exp, data.claims.iat),
-        Err(_) => (None, None),
-    }
+    unverified::<Times>(token).map_or((None, None), |t| (t.exp, t.iat))
 }
 
 /// The `aud` claim of a JWT (the first, if a list), read without verifying it:
@@ -40,15 +44,7 @@ pub(super) fn audience(token: &str) -> Option<String> {
     struct Claims {
         aud: Option<Aud>,
     }
-    let header = jsonwebtoken::decode_header(token).ok()?;
-    let mut v = jsonwebtoken::Validation::new(header.alg);
-    v.insecure_disable_signature_validation();
-    v.validate_exp = false;
-    v.validate_aud = false;
-    v.required_spec_claims.clear();
-    let key = jsonwebtoken::DecodingKey::from_secret(&[]);
-    let claims = jsonwebtoken::decode::<Claims>(token, &key, &v).ok()?.claims;
-    match claims.aud? {
+    match unverified::<Claims>(token)?.aud? {
         Aud::One(a) => Some(a),
         Aud::Many(list) => list.into_iter().next(),
     }
