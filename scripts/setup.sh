@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, if it is missing: Orthanc with its
-# DICOMweb plugin (Debian packages) and the Python packages of the fixtures.
+# DICOMweb plugin and Chromium (Debian packages) and the Python packages of the fixtures.
 # Idempotent; safe to run on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,8 @@ if ! python3 -c 'import pydicom, numpy, fastapi, uvicorn' 2>/dev/null; then
     python3 -m pip install -q -r tests/fixtures/requirements.txt
 fi
 
-# The browser tests: Debian's Chromium, and the page's HTTP clients from the npm registry.
+# The browser tests (a viewer page on another origin: tests/browser, tests/integration/
+# contract.rs and inbound.rs): Debian's Chromium, and the page's HTTP clients from npm.
 if ! command -v chromium >/dev/null; then
     echo "setup: installing chromium" >&2
     as_root apt-get update -qq

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use std::process::ExitCode;
 
+use crate::access::{self, Methods, Target};
 use crate::server::{self, Setup};
 use crate::state::Options;
 use crate::upstream::Timeouts;
@@ -70,6 +71,18 @@ pub struct Settings {
     pub grace_period: Duration,
     /// URL probed by `healthcheck`.
     pub url: String,
+    /// Who may ask: the accepted inbound credentials.
+    pub inbound_auth: Methods,
+    /// The auth service's public key files (PEM).
+    pub jwt_public_keys: Vec<PathBuf>,
+    /// The API key file.
+    pub api_keys: Option<PathBuf>,
+    /// Where the audit trail goes.
+    pub audit_log: Option<Target>,
+    /// `/status` and `/metrics` without a credential.
+    pub public_pages: bool,
+    /// Inferences one caller may hold at once (0: no limit).
+    pub caller_concurrency: usize,
 }
 
 impl Settings {
@@ -98,6 +111,19 @@ impl Settings {
                 body_timeout: self.body_timeout,
                 grace_period: self.grace_period,
             },
+            access: self.access(),
+        }
+    }
+
+    /// The inbound access settings.
+    pub fn access(&self) -> access::Settings {
+        access::Settings {
+            methods: self.inbound_auth,
+            jwt_public_keys: self.jwt_public_keys.clone(),
+            api_keys: self.api_keys.clone(),
+            audit: self.audit_log.clone(),
+            public_pages: self.public_pages,
+            caller_concurrency: self.caller_concurrency,
         }
     }
 }
@@ -231,6 +257,42 @@ const FLAGS: &[Flag] = &[
         help: "after SIGTERM, how long in-flight inferences may finish [30]",
     },
     Flag {
+        name: "inbound-auth",
+        env: "ZHIVA_INBOUND_AUTH",
+        value: "MODES",
+        help: "who may ask: none, zhiva-jwt, api-key or zhiva-jwt,api-key [none]",
+    },
+    Flag {
+        name: "jwt-public-key",
+        env: "ZHIVA_JWT_PUBLIC_KEY",
+        value: "FILES",
+        help: "the zhiva auth service's public key(s), PEM, comma-separated files",
+    },
+    Flag {
+        name: "api-keys",
+        env: "ZHIVA_API_KEYS",
+        value: "FILE",
+        help: "API key digests, labels and models (re-read on SIGHUP)",
+    },
+    Flag {
+        name: "audit-log",
+        env: "ZHIVA_AUDIT_LOG",
+        value: "FILE",
+        help: "audit trail, one JSON line per inference; - for stderr, off [- with inbound auth]",
+    },
+    Flag {
+        name: "public-pages",
+        env: "ZHIVA_PUBLIC_PAGES",
+        value: "",
+        help: "serve /status and /metrics without a credential under inbound auth",
+    },
+    Flag {
+        name: "caller-concurrency",
+        env: "ZHIVA_CALLER_CONCURRENCY",
+        value: "N",
+        help: "inferences one caller may hold at once; 0 = no limit [0]",
+    },
+    Flag {
         name: "url",
         env: "ZHIVA_HEALTHCHECK_URL",
         value: "URL",
@@ -242,7 +304,7 @@ const FLAGS: &[Flag] = &[
 pub fn help() -> String {
     let mut s = String::from(
         "model-proxy: between a DICOM viewer, DICOMweb PACS servers and AI model APIs\n\n\
-         Usage:\n  model-proxy [serve] [OPTIONS]\n  model-proxy check-config [--config DIR]\n  \
+         Usage:\n  model-proxy [serve] [OPTIONS]\n  model-proxy check-config [--config DIR] [--api-keys FILE] [--jwt-public-key FILES]\n  \
          model-proxy healthcheck [--url URL] [--ca-file FILE]\n  model-proxy --help | --version\n\nOptions (environment twin in brackets):\n",
     );
     for f in FLAGS {
@@ -338,6 +400,10 @@ fn settings(
         }
     };
     let secs = |name: &str, default: u64| number(name, default, 1).map(Duration::from_secs);
+    let inbound_auth = match get("inbound-auth") {
+        None => Methods::default(),
+        Some((from, v)) => Methods::parse(&v).map_err(|e| format!("{from}: {e}"))?,
+    };
     Ok(Settings {
         config_dir: string("config", "./config").into(),
         listen: string("listen", "0.0.0.0:8002"),
@@ -364,6 +430,23 @@ fn settings(
         grace_period: number("grace-period", 30, 0).map(Duration::from_secs)?,
         body_timeout: secs("body-timeout", 30)?,
         url: string("url", "http://127.0.0.1:8002/healthz"),
+        inbound_auth,
+        jwt_public_keys: string("jwt-public-key", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        api_keys: get("api-keys").map(|(_, v)| v.into()),
+        audit_log: match get("audit-log").map(|(_, v)| v) {
+            None if inbound_auth.on() => Some(Target::Stderr),
+            None => None,
+            Some(v) if v == "-" => Some(Target::Stderr),
+            Some(v) if v == "off" => None,
+            Some(v) => Some(Target::File(v.into())),
+        },
+        public_pages: boolean("public-pages")?,
+        caller_concurrency: number("caller-concurrency", 0, 0)? as usize,
     })
 }
 
@@ -414,6 +497,22 @@ fn init_logging() {
 }
 
 fn check_config(settings: &Settings) -> ExitCode {
+    // Key files named are checked even when --inbound-auth does not ask for them yet.
+    let mut inbound = settings.access();
+    inbound.methods.jwt |= !inbound.jwt_public_keys.is_empty();
+    inbound.methods.api_key |= inbound.api_keys.is_some();
+    match access::credentials(&inbound) {
+        Ok((jwt, keys)) if inbound.methods.on() => println!(
+            "ok: {} JWT public key(s), {} API key(s)",
+            jwt.len(),
+            keys.len()
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match config::load(&settings.config_dir) {
         Ok(c) => {
             println!(

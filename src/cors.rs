@@ -29,7 +29,7 @@ impl Cors {
             h.push(("Access-Control-Allow-Origin", o.to_string()));
             h.push((
                 "Access-Control-Expose-Headers",
-                "Content-Type, Content-Length, Retry-After".into(),
+                "Content-Type, Content-Length, Retry-After, WWW-Authenticate".into(),
             ));
         }
         h
@@ -49,7 +49,7 @@ impl Cors {
                     r.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b" ,-_".contains(&b))
                 })
-                .unwrap_or("Content-Type, Authorization");
+                .unwrap_or("Content-Type, Authorization, api_key");
             h.push(("Access-Control-Allow-Headers", allowed.to_string()));
             h.push(("Access-Control-Max-Age", "600".into()));
         }
@@ -93,5 +93,31 @@ mod tests {
         assert!(c.allows("http://localhost:3000"));
         assert!(Cors::new(&["*".into()]).allows("null"));
         assert_eq!(c.headers(Some("https://evil.com")).len(), 1);
+    }
+
+    /// A viewer sending a zhiva token or an API key gets through the preflight
+    /// and can read the challenge of a 401.
+    #[test]
+    fn credential_headers_pass_the_preflight() {
+        let c = Cors::new(&["https://*.zhiva.ai".into()]);
+        let o = Some("https://app.zhiva.ai");
+        let allowed = |requested| {
+            c.preflight_headers(o, requested)
+                .into_iter()
+                .find(|(k, _)| *k == "Access-Control-Allow-Headers")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            allowed(Some("authorization,api_key")).as_deref(),
+            Some("authorization,api_key")
+        );
+        assert_eq!(
+            allowed(None).as_deref(),
+            Some("Content-Type, Authorization, api_key")
+        );
+        let exposed = c.headers(o);
+        assert!(exposed
+            .iter()
+            .any(|(k, v)| *k == "Access-Control-Expose-Headers" && v.contains("WWW-Authenticate")));
     }
 }

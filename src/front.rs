@@ -20,6 +20,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
+use crate::access::Stamp;
+
 /// Connections served at once; beyond this, new ones are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
 /// A client gets this long to finish the handshake.
@@ -115,7 +117,8 @@ fn plain(tcp: TcpStream, backend: &Path) -> io::Result<()> {
                 copied
             })?
     };
-    let up = io::copy(&mut &tcp, &mut &unix);
+    // Each request head gets the client's address (see access::stamp).
+    let up = io::copy(&mut &tcp, &mut Stamp::new(&unix, tcp.peer_addr()));
     let _ = unix.shutdown(Shutdown::Write);
     let _ = down.join();
     let _ = tcp.shutdown(Shutdown::Both);
@@ -157,16 +160,18 @@ fn lock(conn: &Mutex<ServerConnection>) -> std::sync::MutexGuard<'_, ServerConne
 fn client_to_backend(
     conn: &Mutex<ServerConnection>,
     mut tcp: &TcpStream,
-    mut unix: &UnixStream,
+    unix: &UnixStream,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut plain = Vec::with_capacity(16 * 1024);
     // The handshake may already have buffered the first request (a client's
     // Finished and its data often share a segment): forward that before reading.
     let mut input: &[u8] = &[];
+    // Each request head gets the client's address (see access::stamp).
+    let mut to_backend = Stamp::new(unix, tcp.peer_addr());
     loop {
         let closed = drain(&mut lock(conn), &mut input, &mut plain, &mut tcp)?;
-        unix.write_all(&plain)?;
+        to_backend.write_all(&plain)?;
         plain.clear();
         if closed {
             let _ = unix.shutdown(Shutdown::Write);

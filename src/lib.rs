@@ -27,6 +27,8 @@
 //!   payload.rs     the zhiva payload encoder, as a Read
 //!   model.rs       the model client: post, spool, per-model concurrency
 //!   inference.rs   plan -> fetch -> encode -> post -> relay
+//!   access/        who may ask: inbound zhiva tokens (jwt) and API keys (keys), the
+//!                  audit trail (audit), the client address from the front (stamp)
 //!   auth/          PACS credentials: facade -> tokens (state machine) -> service
 //!                  (auth service calls), jwt (timing), store (0600 files), basic
 //!   health.rs      background health poller
@@ -48,6 +50,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod auth;
 mod cli;
 mod config;
@@ -78,6 +81,7 @@ pub use cli::run;
 
 /// The code that parses untrusted input, for the fuzz targets in `tests/fuzz`.
 pub mod parsers {
+    pub use crate::access::{access_claims, client, parse_keys, parse_pem, rsa_spki, Stamp};
     pub use crate::auth::{base64, jwt_times};
     pub use crate::config::from_texts;
     pub use crate::config::jsonc::{line_col, to_strict};

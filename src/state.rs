@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::access::Access;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::cors::Cors;
@@ -73,6 +74,8 @@ pub struct App {
     config: RwLock<Arc<Config>>,
     /// PACS credentials and tokens.
     pub auth: Arc<Auth>,
+    /// Who may ask: inbound credentials, the audit trail, per-caller counts.
+    pub access: Access,
     /// Last health checks.
     pub health: Arc<Health>,
     /// Outgoing HTTP agents.
@@ -105,9 +108,11 @@ impl App {
         state_dir: StateDir,
         agents: Agents,
         cors: Cors,
+        access: Access,
     ) -> App {
         App {
             auth: Arc::new(Auth::new(agents.auth.clone(), state_dir.root())),
+            access,
             config: RwLock::new(Arc::new(config)),
             health: Arc::new(Health::default()),
             agents,
@@ -164,6 +169,13 @@ pub(crate) mod tests {
         let dir = std::env::temp_dir().join(format!("mp-state-{}", std::process::id()));
         let agents = Agents::new(&Timeouts::default(), None).expect("agents without a CA file");
         let cors = Cors::new(&["https://*.zhiva.ai".to_string()]);
-        App::new(config, options, StateDir::new(&dir), agents, cors)
+        App::new(
+            config,
+            options,
+            StateDir::new(&dir),
+            agents,
+            cors,
+            Access::off(),
+        )
     }
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Request, Server};
 
+use crate::access::{self, Access, Presented};
 use crate::config::{self, Config};
 use crate::error::{Code, ProxyError};
 use crate::front;
@@ -51,11 +52,14 @@ pub struct Setup {
     pub timeouts: Timeouts,
     /// What the request path needs.
     pub options: Options,
+    /// Who may ask, and the audit trail.
+    pub access: access::Settings,
 }
 
 /// Loads the config, starts the background threads and the workers, and serves until SIGTERM.
 pub fn serve(setup: Setup) -> Result<(), String> {
     let config = load_config(&setup.options.config_dir)?;
+    let access = Access::load(setup.access.clone())?;
     let agents = Agents::new(&setup.timeouts, setup.ca_file.as_deref())?;
     let tls = match &setup.tls {
         Some((cert, key)) => Some(front::server_config(cert, key)?),
@@ -69,6 +73,13 @@ pub fn serve(setup: Setup) -> Result<(), String> {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let public = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    if !setup.access.methods.on() && !listener.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+        log::warn!(
+            "inbound auth is off and {public} is reachable beyond this machine: anyone who can \
+             reach it can run any model on any study with the proxy's PACS credentials; \
+             see --inbound-auth and the README's \"Securing the proxy\""
+        );
+    }
     let sock = front::backend_socket(&state_dir.sub("run")?);
     let server = Server::http_unix(&sock)
         .map_err(|e| format!("cannot open the backend socket {}: {e}", sock.display()))?;
@@ -89,6 +100,7 @@ pub fn serve(setup: Setup) -> Result<(), String> {
         state_dir,
         agents,
         Cors::new(&setup.allowed_origins),
+        access,
     ));
     let (poll_app, slots_app) = (app.clone(), app.clone());
     health::spawn(
@@ -147,21 +159,48 @@ fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
     Ok(())
 }
 
-/// Answers pages at once and queues inferences; during shutdown, refuses them.
+/// Answers pages at once and queues inferences once their caller is admitted;
+/// during shutdown, refuses them.
 fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
     let started = Instant::now();
     let routed = routing::route(rq.method().as_str(), rq.url());
-    let arrival = Arrival {
+    let mut arrival = Arrival {
         started,
         label: routed.label,
+        audit: None,
     };
-    match (routed.route, pool) {
-        (Ok(Route::Page(page)), _) => {
-            let reply = pages::answer(app, page, &rq);
-            send(app, rq, reply, &arrival);
+    let route = match routed.route {
+        Ok(Route::Inference(route)) => {
+            let config = app.config();
+            let (audit, admitted) =
+                app.access
+                    .admit(&presented(&rq), rq.method().as_str(), &route, &config);
+            arrival.audit = audit;
+            match admitted {
+                Ok(turn) => Ok((route, turn)),
+                Err(e) => Err(e),
+            }
         }
-        (Ok(Route::Inference(route)), Some(pool)) => pool.submit(app, Job { rq, route, arrival }),
-        (Ok(Route::Inference(_)), None) => {
+        Ok(Route::Page(page)) => {
+            let reply = match app.access.page(page, &presented(&rq)) {
+                Ok(()) => pages::answer(app, page, &rq),
+                Err(e) => Reply::error(&e),
+            };
+            return send(app, rq, reply, &arrival);
+        }
+        Err(e) => Err(e),
+    };
+    match (route, pool) {
+        (Ok((route, turn)), Some(pool)) => pool.submit(
+            app,
+            Job {
+                rq,
+                route,
+                arrival,
+                turn,
+            },
+        ),
+        (Ok(_), None) => {
             let e = ProxyError::new(
                 Code::ShuttingDown,
                 "the proxy is shutting down; retry on another instance",
@@ -174,9 +213,24 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
     }
 }
 
+/// What a request presents to inbound access control.
+fn presented(rq: &Request) -> Presented {
+    let stamped = reply::header(rq, access::HEADER).and_then(|v| access::client(&v));
+    Presented {
+        authorization: reply::header(rq, "Authorization"),
+        api_key: reply::header(rq, "api_key"),
+        origin: reply::header(rq, "Origin"),
+        client: stamped
+            .or_else(|| rq.remote_addr().map(|a| a.ip().to_string()))
+            .unwrap_or_else(|| "-".into()),
+    }
+}
+
 /// SIGHUP: load both files again; a config that fails validation is refused and the old one stays.
+/// The inbound keys are read again and the audit file reopened.
 fn reload(app: &App) {
     systemd::notify("RELOADING=1");
+    app.access.reload();
     match config::load(&app.options.config_dir) {
         Ok(c) => {
             log::info!(

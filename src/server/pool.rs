@@ -10,6 +10,7 @@ use tiny_http::Request;
 
 use super::body;
 use super::reply::{send, Arrival, Reply};
+use crate::access::Turn;
 use crate::error::{Code, ProxyError};
 use crate::inference;
 use crate::routing::InferenceRequest;
@@ -23,6 +24,8 @@ pub struct Job {
     pub route: InferenceRequest,
     /// When it came and how it is counted.
     pub arrival: Arrival,
+    /// The caller's turn (per-caller concurrency), held until the job ends.
+    pub turn: Option<Turn>,
 }
 
 /// The queue in front of the workers; dropping it lets them finish the queue and stop.
@@ -93,7 +96,13 @@ fn worker(app: &Arc<App>, rx: &Receiver<Job>) {
 
 /// Runs one queued inference and answers it (or gives up on a client that stalls its body).
 fn handle(app: &Arc<App>, job: Job) {
-    let Job { rq, route, arrival } = job;
+    // The turn ends with this function, also when a stalled body is left to its reader.
+    let Job {
+        rq,
+        route,
+        arrival,
+        turn: _turn,
+    } = job;
     let (rq, arrival, body) = if route.has_body {
         let limit = app.options.body_timeout;
         match body::read_within(app, rq, arrival, limit) {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tiny_http::{Header, Request, Response, StatusCode};
 
+use crate::access::{Outcome, Record};
 use crate::error::{ProxyError, PROBLEM_JSON};
 use crate::inference::{Relay, Stats};
 use crate::routing::Label;
@@ -100,6 +101,8 @@ pub struct Arrival {
     pub started: Instant,
     /// Its metric label.
     pub label: Label,
+    /// An inference's audit record, finished when it is answered.
+    pub audit: Option<Record>,
 }
 
 /// Writes `reply` to the client, then logs and counts it.
@@ -143,6 +146,16 @@ pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
         line.push_str(&format!(" error={}", e.code));
     }
     log::info!("{line}");
+    if let Some(r) = &arrival.audit {
+        let code = reply.error.as_ref().map_or("ok", |e| e.code.as_str());
+        let outcome = Outcome {
+            status: reply.status,
+            code,
+            duration_ms: arrival.started.elapsed().as_millis(),
+            instances: reply.stats.as_ref().map(|s| s.instances),
+        };
+        app.access.audit(r, &outcome);
+    }
     count(app, &arrival.label, reply.status);
     if reply.stats.is_some() {
         app.metrics.bytes("response_to_client", body.n);

@@ -12,6 +12,7 @@ mod cli;
 mod contract;
 mod faults;
 mod fuzz_regressions;
+mod inbound;
 mod inference;
 mod process;
 mod tls;
