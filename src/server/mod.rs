@@ -4,11 +4,12 @@
 //! Health, readiness, the status page and CORS preflights never wait for a
 //! worker, so they answer even while every worker is busy with a long inference.
 //!
-//! `pages` answers the built-in routes, `pool` runs inferences, `body` reads a
-//! request body within its timeout, and `reply` is the one place that writes an
-//! answer, logs it and counts it.
+//! `pages` answers the built-in routes, `pool` runs inferences, `cached` puts
+//! the inference cache in their way, `body` reads a request body within its
+//! timeout, and `reply` is the one place that writes an answer, logs it and counts it.
 
 mod body;
+mod cached;
 mod pages;
 mod pool;
 mod reply;
@@ -90,6 +91,7 @@ pub fn serve(setup: Setup) -> Result<(), String> {
         agents,
         Cors::new(&setup.allowed_origins),
     ));
+    app.cache.start()?;
     let (poll_app, slots_app) = (app.clone(), app.clone());
     health::spawn(
         app.agents.probe.clone(),
@@ -123,7 +125,7 @@ fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
             );
             systemd::notify("STOPPING=1");
             app.shutting_down.store(true, Ordering::SeqCst);
-            // Workers drain the queue, then see the channel closed and stop.
+            // Nothing new is queued; what is queued or waiting still gets its answer.
             pool = None;
             deadline = Some(Instant::now() + grace);
         }
@@ -160,8 +162,17 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
             let reply = pages::answer(app, page, &rq);
             send(app, rq, reply, &arrival);
         }
+        // A cache hit is served on this path too: after any check made here.
         (Ok(Route::Inference(route)), Some(pool)) => pool.submit(app, Job { rq, route, arrival }),
-        (Ok(Route::Inference(_)), None) => {
+        (Ok(route), Some(pool)) => match may_change_cache(app, &rq) {
+            Ok(()) => match route {
+                Route::Prefetch(r) => pool.prefetch(app, rq, r, arrival),
+                Route::Purge(r) => pool.purge(app, rq, r, arrival),
+                _ => pool.prefetch_list(app, rq, arrival),
+            },
+            Err(e) => send(app, rq, Reply::error(&e), &arrival),
+        },
+        (Ok(_), None) => {
             let e = ProxyError::new(
                 Code::ShuttingDown,
                 "the proxy is shutting down; retry on another instance",
@@ -172,6 +183,14 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
         }
         (Err(e), _) => send(app, rq, Reply::error(&e), &arrival),
     }
+}
+
+/// Whether this request may change the cache (`DELETE` and `PUT` on inference
+/// URLs, `POST /prefetch`): what every caller gets afterwards. With inbound
+/// access control on, these need a credential, checked here; until it lands,
+/// whoever may run an inference may.
+fn may_change_cache(_app: &App, _rq: &Request) -> Result<(), ProxyError> {
+    Ok(())
 }
 
 /// SIGHUP: load both files again; a config that fails validation is refused and the old one stays.
