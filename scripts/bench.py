@@ -17,7 +17,8 @@ measures:
     for that series and for a 600-slice one;
   * for a 20 x 128x128 series: proxy latency against direct retrieval + direct
     post of the same zhiva payload to the sink, p50/p99;
-  * 32 concurrent small inferences: throughput, errors, /healthz latency.
+  * 32 concurrent small inferences: throughput, errors, /healthz latency;
+  * the 300-slice request repeated through a proxy with the cache on: hit vs miss.
 
 For interpretation it also measures posting the 300-slice payload straight to
 the sink, the proxy's end-to-end time into a near-free sink (null-sink), and
@@ -62,6 +63,8 @@ T_E2E_RATIO = 1.5
 T_PEAK_MB = 64.0
 T_OVERHEAD_MS = 5.0
 T_HEALTHZ_P99_MS = 20.0
+# "The second time in milliseconds": a cache hit of the 300-slice request.
+T_CACHE_HIT_MS = 10.0
 # "Not growing with series size": the 2x series may peak at most this much higher.
 GROWTH_ABS_MB = 2.0
 GROWTH_REL = 0.10
@@ -413,9 +416,10 @@ class Bench:
 
     def start_proxy(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZHIVA_")}  # defaults only
+        # The cache off: every phase below measures a real inference (phase_cache measures the cache).
         p = self.spawn("proxy", [self.a.bin, "serve", "--no-tls", "--listen", f"127.0.0.1:{self.proxy_port}",
                                  "--config", os.path.join(self.work, "config"),
-                                 "--state-dir", os.path.join(self.work, "state")], env=env)
+                                 "--state-dir", os.path.join(self.work, "state"), "--cache-size", "0"], env=env)
         wait_http(f"http://127.0.0.1:{self.proxy_port}/healthz", "model-proxy", proc=p)
         self.pid["proxy"] = p.pid
         exe = os.path.realpath(f"/proc/{p.pid}/exe")
@@ -612,6 +616,45 @@ class Bench:
             f"under load p50 {pct(hz['control_ms'], 50):.2f} ms, p99 {pct(hz['control_ms'], 99):.2f} ms; "
             f"idle p99 {pct(self.hz_idle['control_ms'], 99):.2f} ms")
 
+    # -- the inference cache: a repeated big-series request, hit vs miss
+
+    def phase_cache(self):
+        """A second proxy with the cache on: the 300-slice series asked for again and
+        again, alternately forcing a new inference (Cache-Control: no-cache, a miss) and
+        not (a hit); medians, and the hit's body checked byte for byte against the miss's."""
+        reps = max(3, self.a.reps)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZHIVA_")}
+        p = self.spawn("proxy-cache", [self.a.bin, "serve", "--no-tls", "--listen", f"127.0.0.1:{port}",
+                                       "--config", os.path.join(self.work, "config"),
+                                       "--state-dir", os.path.join(self.work, "state-cache")], env=env)
+        wait_http(f"http://127.0.0.1:{port}/healthz", "model-proxy with the cache", proc=p)
+        url = self.proxy_url("big").replace(f":{self.proxy_port}/", f":{port}/")
+        log(f"\n== cache: the 300-slice series through a proxy with the cache on, {reps} misses (no-cache) and hits")
+        miss_out, hit_out = (os.path.join(self.work, f"cache-{k}.json") for k in ("miss", "hit"))
+        miss, hit = [], []
+        for i in range(reps):
+            code, _, t, err = curl(["-H", "Cache-Control: no-cache", url], out=miss_out)
+            if code != 200:
+                raise SystemExit(f"bench: cache miss -> HTTP {code} {err}")
+            miss.append(t)
+            for _ in range(3):
+                code, _, t, err = curl([url], out=hit_out)
+                if code != 200 or open(hit_out, "rb").read() != open(miss_out, "rb").read():
+                    raise SystemExit(f"bench: cache hit -> HTTP {code} {err}, or not the miss's body")
+                hit.append(t)
+            log(f"   rep {i + 1}: miss {miss[-1]:.3f} s, hits {', '.join(f'{h * 1000:.1f}' for h in hit[-3:])} ms")
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+        self.cache = {"miss": miss, "hit": hit}
+
+    def cache_row(self):
+        hit = statistics.median(self.cache["hit"])
+        miss = statistics.median(self.cache["miss"])
+        return (f"Repeated request, 300 x 512² series: cache hit vs miss, medians of {len(self.cache['hit'])} / {len(self.cache['miss'])}",
+                f"{hit * 1000:.1f} ms", f"{miss:.2f} s miss (Cache-Control: no-cache)", f"{miss / hit:.0f}x faster",
+                f"hit <= {T_CACHE_HIT_MS:.0f} ms, byte-identical", "yes" if hit * 1000 <= T_CACHE_HIT_MS else "**NO**")
+
     # -- report
 
     def header(self):
@@ -703,6 +746,7 @@ class Bench:
              f"{p99(hz):.2f} ms", f"{p99(hz_idle):.2f} ms idle", f"{p99(hz) / p99(hz_idle):.1f}x",
              f"<= {T_HEALTHZ_P99_MS:.0f} ms", yes(p99(hz) <= T_HEALTHZ_P99_MS and hz_errors == 0)),
         ]
+        rows.append(self.cache_row())
         context = [
             ("Direct post of the 300-slice payload file to the sink (curl, Content-Length)", f"{post_cl:.2f} s",
              f"{big['payload_bytes'] / MB / post_cl:.0f} MB/s"),
@@ -793,6 +837,7 @@ class Bench:
         self.phase_large()
         self.phase_small()
         self.phase_concurrent()
+        self.phase_cache()
         time.sleep(0.5)
         self.final_rss = proc_status(self.pid["proxy"])["VmRSS"]
         self.load_after = open("/proc/loadavg").read().split()[:2]

@@ -5,7 +5,8 @@
 # (tests/fixtures/model_api.py, POST /sink) and model-proxy over plain HTTP
 # (--no-tls) on loopback. Reports direct WADO-RS retrieval vs the proxy's
 # end-to-end time, the proxy's peak RSS, small-request overhead (p50/p99),
-# 32 concurrent inferences (throughput, errors, /healthz p99), against the
+# 32 concurrent inferences (throughput, errors, /healthz p99), the 300-slice
+# request repeated through a proxy with the cache on (hit vs miss), against the
 # targets, and prints a Markdown block for the README's Performance section
 # (date, machine, kernel, commit). Takes about two minutes on 2 cores.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, if it is missing: Orthanc with its
-# DICOMweb plugin and Chromium (Debian packages) and the Python packages of the fixtures.
+# DICOMweb plugin, Chromium and nginx (Debian packages) and the Python packages of the fixtures.
 # Idempotent; safe to run on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,14 @@ if ! command -v Orthanc >/dev/null || [ ! -e "$plugin" ]; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null
 fi
 # The package may start a system Orthanc on 8042; the tests and the demo run their own.
+
+# nginx as the load balancer in front of two replicas (tests/integration/cache.rs
+# runs its own, from config/nginx.example.conf).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    echo "setup: installing nginx" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nginx >/dev/null
+fi
 
 if ! python3 -c 'import pydicom, numpy, fastapi, uvicorn' 2>/dev/null; then
     echo "setup: installing Python packages for the fixtures" >&2

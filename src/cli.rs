@@ -6,6 +6,7 @@ use std::time::Duration;
 use std::process::ExitCode;
 
 use crate::access::{self, Methods, Target};
+use crate::cache;
 use crate::server::{self, Setup};
 use crate::state::Options;
 use crate::upstream::Timeouts;
@@ -69,6 +70,14 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// How long in-flight inferences may run on after SIGTERM.
     pub grace_period: Duration,
+    /// Where cached answers live; `<state-dir>/cache` by default.
+    pub cache_dir: Option<PathBuf>,
+    /// Size limit of the cache in bytes; 0 turns the cache off.
+    pub cache_size: u64,
+    /// How long a cached answer is served; 0 turns the cache off.
+    pub cache_ttl: Duration,
+    /// Threads running prefetches.
+    pub prefetch_workers: usize,
     /// URL probed by `healthcheck`.
     pub url: String,
     /// Who may ask: the accepted inbound credentials.
@@ -110,6 +119,17 @@ impl Settings {
                 health_interval: self.health_interval,
                 body_timeout: self.body_timeout,
                 grace_period: self.grace_period,
+                cache: (self.cache_size > 0 && !self.cache_ttl.is_zero()).then(|| {
+                    cache::Settings {
+                        dir: self
+                            .cache_dir
+                            .clone()
+                            .unwrap_or_else(|| self.state_dir.join("cache")),
+                        max_bytes: self.cache_size,
+                        ttl: self.cache_ttl,
+                        prefetch_workers: self.prefetch_workers,
+                    }
+                }),
             },
             access: self.access(),
         }
@@ -293,6 +313,30 @@ const FLAGS: &[Flag] = &[
         help: "inferences one caller may hold at once; 0 = no limit [0]",
     },
     Flag {
+        name: "cache-dir",
+        env: "ZHIVA_CACHE_DIR",
+        value: "DIR",
+        help: "cached inference answers; replicas may share it [<state-dir>/cache]",
+    },
+    Flag {
+        name: "cache-size",
+        env: "ZHIVA_CACHE_SIZE",
+        value: "BYTES",
+        help: "cache size limit, K/M/G suffixes allowed; 0 turns the cache off [2G]",
+    },
+    Flag {
+        name: "cache-ttl",
+        env: "ZHIVA_CACHE_TTL",
+        value: "SECS",
+        help: "how long a cached answer is served; 0 turns the cache off [86400]",
+    },
+    Flag {
+        name: "prefetch-workers",
+        env: "ZHIVA_PREFETCH_WORKERS",
+        value: "N",
+        help: "threads running prefetches (PUT, POST /prefetch) [2]",
+    },
+    Flag {
         name: "url",
         env: "ZHIVA_HEALTHCHECK_URL",
         value: "URL",
@@ -429,6 +473,15 @@ fn settings(
         ca_file: get("ca-file").map(|(_, v)| v.into()),
         grace_period: number("grace-period", 30, 0).map(Duration::from_secs)?,
         body_timeout: secs("body-timeout", 30)?,
+        cache_dir: get("cache-dir").map(|(_, v)| v.into()),
+        cache_size: match get("cache-size") {
+            None => 2 << 30,
+            Some((from, v)) => bytes(&v).ok_or_else(|| {
+                format!("{from} must be a size in bytes such as 2G, 512M or 0, not {v:?}")
+            })?,
+        },
+        cache_ttl: number("cache-ttl", 86_400, 0).map(Duration::from_secs)?,
+        prefetch_workers: number("prefetch-workers", 2, 1)? as usize,
         url: string("url", "http://127.0.0.1:8002/healthz"),
         inbound_auth,
         jwt_public_keys: string("jwt-public-key", "")
@@ -448,6 +501,21 @@ fn settings(
         public_pages: boolean("public-pages")?,
         caller_concurrency: number("caller-concurrency", 0, 0)? as usize,
     })
+}
+
+/// A size: whole bytes, or with a K, M, G or T suffix (powers of 1024; `KiB`, `MB` and the like too).
+fn bytes(v: &str) -> Option<u64> {
+    let v = v.trim().to_ascii_uppercase();
+    let v = v.strip_suffix('B').unwrap_or(&v);
+    let v = v.strip_suffix('I').unwrap_or(v);
+    let (digits, shift) = match v.char_indices().last()? {
+        (i, 'K') => (&v[..i], 10),
+        (i, 'M') => (&v[..i], 20),
+        (i, 'G') => (&v[..i], 30),
+        (i, 'T') => (&v[..i], 40),
+        _ => (v, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 /// The whole program: parses `args` (without the program name) and the
@@ -607,5 +675,33 @@ mod tests {
         assert!(parse(&args("--workers"), none).is_err());
         let bad = |k: &str| (k == "ZHIVA_NO_TLS").then(|| "maybe".to_string());
         assert!(parse(&[], bad).unwrap_err().contains("ZHIVA_NO_TLS"));
+    }
+
+    #[test]
+    fn cache_flags() {
+        let none = |_: &str| None;
+        let c = |a: &str| parse(&args(a), none).unwrap().1.setup().options.cache;
+        let on = c("--state-dir /var/lib/mp").unwrap();
+        assert_eq!(on.dir, PathBuf::from("/var/lib/mp/cache"));
+        assert_eq!(
+            (on.max_bytes, on.ttl.as_secs(), on.prefetch_workers),
+            (2 << 30, 86_400, 2)
+        );
+        let s =
+            c("--cache-dir /shared --cache-size 512M --cache-ttl 60 --prefetch-workers 1").unwrap();
+        assert_eq!(
+            (s.dir.to_str(), s.max_bytes, s.ttl.as_secs()),
+            (Some("/shared"), 512 << 20, 60)
+        );
+        assert!(c("--cache-size 0").is_none());
+        assert!(c("--cache-ttl 0").is_none());
+        assert_eq!(bytes("3GiB"), Some(3 << 30));
+        assert_eq!(bytes("10 kb"), Some(10 << 10));
+        assert_eq!(bytes("1234"), Some(1234));
+        assert_eq!(bytes("2X"), None);
+        assert_eq!(bytes("99999999999T"), None);
+        assert!(parse(&args("--cache-size lots"), none)
+            .unwrap_err()
+            .contains("--cache-size"));
     }
 }

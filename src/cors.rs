@@ -29,7 +29,7 @@ impl Cors {
             h.push(("Access-Control-Allow-Origin", o.to_string()));
             h.push((
                 "Access-Control-Expose-Headers",
-                "Content-Type, Content-Length, Retry-After, WWW-Authenticate".into(),
+                "Content-Type, Content-Length, Retry-After, WWW-Authenticate, X-Cache, Age".into(),
             ));
         }
         h
@@ -43,7 +43,10 @@ impl Cors {
     ) -> Vec<(&'static str, String)> {
         let mut h = Vec::new();
         if origin.is_some_and(|o| self.allows(o)) {
-            h.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS".into()));
+            h.push((
+                "Access-Control-Allow-Methods",
+                "GET, POST, PUT, DELETE, OPTIONS".into(),
+            ));
             let allowed = requested
                 .filter(|r| {
                     r.bytes()

@@ -8,8 +8,7 @@ use crate::error::ProxyError;
 use crate::model;
 use crate::pacs::PacsSource;
 use crate::payload::{Format, PayloadReader};
-use crate::plan;
-use crate::routing::InferenceRequest;
+use crate::plan::Plan;
 use crate::state::App;
 
 /// How long a request waits for a slot on a model with `maxConcurrent`.
@@ -42,10 +41,8 @@ pub struct Stats {
     pub model_ms: u64,
 }
 
-/// Runs the inference a validated request asks for.
-pub fn run(app: &App, req: &InferenceRequest, body: Option<&[u8]>) -> Result<Relay, ProxyError> {
-    let config = app.config();
-    let plan = plan::make(&config, req, body)?;
+/// Runs a planned inference: fetch, encode, post; the answer is ready to relay.
+pub fn execute(app: &App, plan: &Plan) -> Result<Relay, ProxyError> {
     // Wait for the model's turn before touching the PACS.
     let _slot = app.slots.take(&plan.model, SLOT_WAIT)?;
     let started = Instant::now();

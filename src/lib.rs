@@ -29,13 +29,17 @@
 //!   inference.rs   plan -> fetch -> encode -> post -> relay
 //!   access/        who may ask: inbound zhiva tokens (jwt) and API keys (keys), the
 //!                  audit trail (audit), the client address from the front (stamp)
+//!   cache/         the inference cache: key (what a plan means), entry (one file:
+//!                  tee, atomic rename, checked reads), flight (single-flight),
+//!                  janitor (TTL, LRU by size, from the directory alone)
 //!   auth/          PACS credentials: facade -> tokens (state machine) -> service
 //!                  (auth service calls), jwt (timing), store (0600 files), basic
 //!   health.rs      background health poller
 //!   status.rs      the status page
-//!   server/        start-up and dispatcher, pool (workers), body (timed reads),
-//!                  pages (healthz, readyz, status, metrics, preflight), reply (the
-//!                  one writer: CORS, access log, metrics)
+//!   server/        start-up and dispatcher, pool (workers, cache readers, queues),
+//!                  cached (hits, single-flight, tee, purge, prefetch), body (timed
+//!                  reads), pages (healthz, readyz, status, metrics, preflight), reply
+//!                  (the one writer: CORS, access log, metrics)
 //!   front.rs       the public listener: rustls (or plain) in front of tiny_http
 //!   trust.rs       upstream TLS verification (roots, CA file, pinning)
 //!   upstream.rs    one ureq agent per kind of upstream, with its timeouts
@@ -52,6 +56,7 @@
 
 mod access;
 mod auth;
+mod cache;
 mod cli;
 mod config;
 mod cors;
@@ -89,7 +94,7 @@ pub mod parsers {
     pub use crate::ids::{is_dicom_uid, is_uuid};
     pub use crate::multipart::{boundary, find, Multipart};
     pub use crate::payload::encode_bytes;
-    pub use crate::routing::{route, Page, Route};
+    pub use crate::routing::{route, InferenceRequest, Page, Route};
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::auth::TokenCounts;
+use crate::cache::Numbers;
 
 /// Latency bucket bounds, seconds: from a cheap health probe to a model thinking for minutes.
 const BUCKETS: [f64; 16] = [
@@ -57,6 +58,8 @@ pub struct Gauges {
     pub workers: usize,
     /// Token events per server.
     pub tokens: Vec<TokenCounts>,
+    /// The inference cache's numbers.
+    pub cache: Numbers,
 }
 
 impl Metrics {
@@ -155,7 +158,48 @@ impl Metrics {
                 );
             }
         }
+        cache(&mut out, &g.cache);
         out
+    }
+}
+
+/// One metric: name, type, help, and its samples (labels, value).
+type Family<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
+
+/// The inference cache's counters and gauges.
+fn cache(out: &mut String, c: &Numbers) {
+    let (counter, gauge) = ("counter", "gauge");
+    let table: [Family; 10] = [
+        ("model_proxy_cache_hits_total", counter,
+         "Inference answers served from the cache (requests that waited for an identical one included).",
+         &[("", c.hits)]),
+        ("model_proxy_cache_misses_total", counter, "Inferences run for a cacheable request.", &[("", c.misses)]),
+        ("model_proxy_cache_joined_total", counter,
+         "Requests that waited for an identical inference already running instead of starting their own.",
+         &[("", c.joined)]),
+        ("model_proxy_cache_stores_total", counter,
+         "Answers stored, and whole answers that could not be (too big, disk).",
+         &[("{result=\"stored\"}", c.stored), ("{result=\"not_stored\"}", c.not_stored)]),
+        ("model_proxy_cache_evictions_total", counter, "Entries removed, by reason.",
+         &[("{reason=\"size\"}", c.evicted), ("{reason=\"ttl\"}", c.expired),
+           ("{reason=\"corrupt\"}", c.corrupt), ("{reason=\"purge\"}", c.purged)]),
+        ("model_proxy_cache_entries", gauge,
+         "Entries in the cache directory (at the last sweep, plus this replica's changes since).",
+         &[("", c.entries)]),
+        ("model_proxy_cache_bytes", gauge,
+         "Bytes in the cache directory (at the last sweep, plus this replica's changes since).",
+         &[("", c.bytes)]),
+        ("model_proxy_prefetch_queued", gauge, "Prefetches waiting for a prefetch worker.", &[("", c.prefetch_queued)]),
+        ("model_proxy_prefetch_running", gauge, "Prefetches running.", &[("", c.prefetch_running)]),
+        ("model_proxy_prefetches_total", counter, "Prefetches finished, by outcome.",
+         &[("{outcome=\"done\"}", c.prefetch_done), ("{outcome=\"skipped\"}", c.prefetch_skipped),
+           ("{outcome=\"failed\"}", c.prefetch_failed)]),
+    ];
+    for (name, kind, help, rows) in table {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
     }
 }
 
@@ -187,6 +231,11 @@ mod tests {
                 refreshes: 2,
                 failures: 0,
             }],
+            cache: Numbers {
+                hits: 4,
+                prefetch_failed: 1,
+                ..Numbers::default()
+            },
         });
         assert!(text.contains(
             "model_proxy_requests_total{route=\"segmentations\",status=\"200\",model=\"abc\"} 2"
@@ -199,5 +248,8 @@ mod tests {
         ));
         assert!(text.contains("model_proxy_queue_depth 1"));
         assert!(text.contains("model_proxy_token_events_total{server=\"s\",event=\"refresh\"} 2"));
+        assert!(text.contains("model_proxy_cache_hits_total 4\n"));
+        assert!(text.contains("model_proxy_prefetches_total{outcome=\"failed\"} 1\n"));
+        assert!(text.contains("# TYPE model_proxy_cache_bytes gauge\n"));
     }
 }

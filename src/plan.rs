@@ -390,6 +390,7 @@ mod tests {
             max_concurrent: None,
             content_length: false,
             multipart: false,
+            cache: true,
         };
         let filtered = Model {
             id: F.into(),

@@ -15,6 +15,12 @@ pub enum Route {
     Page(Page),
     /// An inference, for a worker.
     Inference(InferenceRequest),
+    /// `PUT` on an inference URL: run it in the background into the cache.
+    Prefetch(InferenceRequest),
+    /// `DELETE` on an inference URL: remove its cached answer.
+    Purge(InferenceRequest),
+    /// `POST /prefetch`: a list of inference URLs to prefetch.
+    PrefetchList,
 }
 
 /// The proxy's own pages: answered by the dispatcher, never waiting for a worker.
@@ -53,6 +59,7 @@ impl Label {
             "readyz" => "readyz",
             "status" => "status",
             "metrics" => "metrics",
+            "prefetch" => "prefetch",
             _ => "other",
         };
         let model = match (Task::from_path_word(route), segs.next()) {
@@ -137,15 +144,24 @@ fn route_path(method: &str, path: &str, query: &str) -> Result<Route, ProxyError
             _ => Err(method_not_allowed("GET, HEAD, OPTIONS")),
         };
     }
+    if path == "/prefetch" {
+        return match method {
+            "POST" => Ok(Route::PrefetchList),
+            _ => Err(method_not_allowed("POST, OPTIONS")),
+        };
+    }
     let segs: Vec<&str> = path.strip_prefix('/').unwrap_or("").split('/').collect();
     let task = segs.first().and_then(|w| Task::from_path_word(w));
     let (Some(task), true) = (task, shape_ok(&segs)) else {
         return Err(unknown_route(path));
     };
-    let has_body = match method {
-        "GET" => false,
-        "POST" => true,
-        _ => return Err(method_not_allowed("GET, POST, OPTIONS")),
+    let (has_body, kind): (bool, fn(InferenceRequest) -> Route) = match method {
+        "GET" => (false, Route::Inference),
+        "POST" => (true, Route::Inference),
+        // The cache's methods on the same URL; they carry no body.
+        "PUT" => (false, Route::Prefetch),
+        "DELETE" => (false, Route::Purge),
+        _ => return Err(method_not_allowed("GET, POST, PUT, DELETE, OPTIONS")),
     };
     let model = segs[1];
     if !is_uuid(model) {
@@ -165,7 +181,7 @@ fn route_path(method: &str, path: &str, query: &str) -> Result<Route, ProxyError
     let series = uid(5, "series")?;
     let instance = uid(7, "instance")?;
     let (server, data_filters) = query_params(query)?;
-    Ok(Route::Inference(InferenceRequest {
+    Ok(kind(InferenceRequest {
         task,
         model: model.to_ascii_lowercase(),
         study,
@@ -333,10 +349,41 @@ mod tests {
             "invalid_server_id"
         );
         assert_eq!(
-            code("DELETE", &format!("/segmentations/{M}/studies/1.2")),
+            code("PATCH", &format!("/segmentations/{M}/studies/1.2")),
             "method_not_allowed"
         );
         assert_eq!(code("POST", "/healthz"), "method_not_allowed");
+        assert_eq!(code("GET", "/prefetch"), "method_not_allowed");
+    }
+
+    #[test]
+    fn the_cache_methods() {
+        let t = format!(
+            "/segmentations/{M}/studies/1.2/series/1.3?server=b1407f18-575d-487c-bc0c-640c6da651bc"
+        );
+        let Ok(Route::Prefetch(p)) = route("PUT", &t).route else {
+            panic!("PUT is a prefetch")
+        };
+        assert_eq!((p.level(), p.has_body), (Level::Series, false));
+        assert!(matches!(route("DELETE", &t).route, Ok(Route::Purge(_))));
+        assert_eq!(
+            route("DELETE", "/segmentations/x/studies/1")
+                .route
+                .unwrap_err()
+                .code,
+            Code::InvalidModelId,
+            "the same checks as GET"
+        );
+        let r = route("POST", "/prefetch/");
+        assert_eq!(
+            (r.route.unwrap(), r.label.route),
+            (Route::PrefetchList, "prefetch")
+        );
+        let e = route("PATCH", &t).route.unwrap_err();
+        assert!(e
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "Allow" && v.contains("PUT, DELETE")));
     }
 
     #[test]

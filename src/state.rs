@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::access::Access;
 use crate::auth::Auth;
+use crate::cache::{self, Cache};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::health::Health;
@@ -32,6 +33,8 @@ pub struct Options {
     pub body_timeout: Duration,
     /// How long in-flight inferences may run on after SIGTERM.
     pub grace_period: Duration,
+    /// The inference cache; `None` when it is off.
+    pub cache: Option<cache::Settings>,
 }
 
 /// The persistent state directory; it owns its private (0700) sub-directories.
@@ -98,6 +101,8 @@ pub struct App {
     pub slots: Slots,
     /// SIGTERM received.
     pub shutting_down: AtomicBool,
+    /// The inference cache (off when `options.cache` is `None`).
+    pub cache: Cache,
 }
 
 impl App {
@@ -111,6 +116,7 @@ impl App {
         access: Access,
     ) -> App {
         App {
+            cache: Cache::new(options.cache.clone()),
             auth: Arc::new(Auth::new(agents.auth.clone(), state_dir.root())),
             access,
             config: RwLock::new(Arc::new(config)),
@@ -165,6 +171,7 @@ pub(crate) mod tests {
             health_interval: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             grace_period: Duration::from_secs(30),
+            cache: None,
         };
         let dir = std::env::temp_dir().join(format!("mp-state-{}", std::process::id()));
         let agents = Agents::new(&Timeouts::default(), None).expect("agents without a CA file");

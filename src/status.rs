@@ -51,6 +51,7 @@ pub fn json(config: &Config, health: &Health, auth: &Auth) -> Value {
                 "supports": m.supports.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
                 "statusUri": m.status_uri.as_deref().map(redact_uri),
                 "dataKeys": m.data_filter.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+                "cache": m.cache,
                 "health": health_json(health, &m.id, m.status_uri.is_some()),
             })
         })
@@ -98,15 +99,30 @@ pub fn html(status: &Value) -> String {
     let head = |third: &str| {
         format!("<tr><th>UUID</th><th>URI</th><th>{third}</th><th>state</th><th>HTTP</th><th>latency ms</th><th>checked</th><th>error</th></tr>")
     };
+    let cache = &status["cache"];
+    let cache = if cache["enabled"] == true {
+        let n = |k: &str| cache[k].as_u64().unwrap_or(0);
+        let p = |k: &str| cache["prefetch"][k].as_u64().unwrap_or(0);
+        format!(
+            "<h2>Cache</h2><p><code>{}</code>: {} entries, {} of {} bytes, TTL {} s; {} hits, {} misses, {} joined a running inference, {} evicted, {} expired; prefetches: {} queued, {} running, {} done, {} skipped, {} failed</p>",
+            esc(cache["dir"].as_str().unwrap_or("")),
+            n("entries"), n("bytes"), n("maxBytes"), n("ttlSeconds"), n("hits"), n("misses"),
+            n("joined"), n("evicted"), n("expired"),
+            p("queued"), p("running"), p("done"), p("skipped"), p("failed"),
+        )
+    } else {
+        "<h2>Cache</h2><p>off</p>".to_string()
+    };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>model-proxy status</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
 tr.up b{{color:#080}}tr.busy b{{color:#b60}}tr.down b{{color:#b00}}tr.unknown b{{color:#888}}</style></head><body>\
-<h1>model-proxy {}</h1><h2>PACS servers</h2><table>{}{}</table><h2>Models</h2><table>{}{}</table></body></html>\n",
+<h1>model-proxy {}</h1><h2>PACS servers</h2><table>{}{}</table><h2>Models</h2><table>{}{}</table>{}</body></html>\n",
         esc(status["version"].as_str().unwrap_or("")),
         head("auth"),
         rows(&status["servers"], "authType"),
         head("task"),
         rows(&status["models"], "task"),
+        cache,
     )
 }

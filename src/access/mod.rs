@@ -195,6 +195,24 @@ impl Access {
         origin_ok(&who, p)
     }
 
+    /// Whether `p` may change the cache for any study on any model (`POST
+    /// /prefetch`): a credential limited to no study, PACS or model.
+    pub fn unscoped(&self, p: &Presented) -> Result<(), ProxyError> {
+        let who = self.identify(p)?;
+        origin_ok(&who, p)?;
+        let limited = match &who {
+            Who::Token(t) => t.study.is_some() || t.pacs.is_some(),
+            Who::Key(k) => k.models.is_some(),
+            Who::Anyone => false,
+        };
+        if limited {
+            return Err(forbidden(
+                "a prefetch list may name any study and model: it needs a credential without study, PACS or model limits; PUT each inference URL instead",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks an inference request before it is queued: its credential (401),
     /// its scope (403) and the caller's concurrency (429). Returns the audit
     /// record to finish when it is answered (when auditing is on) and, when

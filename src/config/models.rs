@@ -55,6 +55,7 @@ fn model(e: &mut Entry) -> Option<Model> {
         }
     };
     let content_length = e.boolean("contentLength");
+    let cache = e.get("cache").is_none() || e.boolean("cache");
     Some(Model {
         id: e.id.to_string(),
         uri: uri?,
@@ -65,6 +66,7 @@ fn model(e: &mut Entry) -> Option<Model> {
         max_concurrent,
         content_length,
         multipart,
+        cache,
     })
 }
 

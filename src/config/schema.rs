@@ -177,4 +177,6 @@ pub struct Model {
     pub content_length: bool,
     /// Extension: `"payload": "multipart"` sends DICOMweb multipart instead of the zhiva JSON.
     pub multipart: bool,
+    /// Extension: `"cache": false` keeps this model's answers out of the inference cache.
+    pub cache: bool,
 }

@@ -4,11 +4,12 @@
 //! Health, readiness, the status page and CORS preflights never wait for a
 //! worker, so they answer even while every worker is busy with a long inference.
 //!
-//! `pages` answers the built-in routes, `pool` runs inferences, `body` reads a
-//! request body within its timeout, and `reply` is the one place that writes an
-//! answer, logs it and counts it.
+//! `pages` answers the built-in routes, `pool` runs inferences, `cached` puts
+//! the inference cache in their way, `body` reads a request body within its
+//! timeout, and `reply` is the one place that writes an answer, logs it and counts it.
 
 mod body;
+mod cached;
 mod pages;
 mod pool;
 mod reply;
@@ -102,6 +103,7 @@ pub fn serve(setup: Setup) -> Result<(), String> {
         Cors::new(&setup.allowed_origins),
         access,
     ));
+    app.cache.start()?;
     let (poll_app, slots_app) = (app.clone(), app.clone());
     health::spawn(
         app.agents.probe.clone(),
@@ -135,7 +137,7 @@ fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
             );
             systemd::notify("STOPPING=1");
             app.shutting_down.store(true, Ordering::SeqCst);
-            // Workers drain the queue, then see the channel closed and stop.
+            // Nothing new is queued; what is queued or waiting still gets its answer.
             pool = None;
             deadline = Some(Instant::now() + grace);
         }
@@ -168,6 +170,7 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
         started,
         label: routed.label,
         audit: None,
+        turn: None,
     };
     let route = match routed.route {
         Ok(Route::Inference(route)) => {
@@ -181,6 +184,32 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
                 Err(e) => Err(e),
             }
         }
+        Ok(route @ (Route::Prefetch(_) | Route::Purge(_) | Route::PrefetchList)) => {
+            // Changing the cache affects every caller: under inbound auth, a PUT
+            // or DELETE is admitted like the inference it names, and a prefetch
+            // list needs a credential limited to no study, PACS or model.
+            let who = presented(&rq);
+            let checked = match &route {
+                Route::Prefetch(r) | Route::Purge(r) => {
+                    let (audit, admitted) =
+                        app.access
+                            .admit(&who, rq.method().as_str(), r, &app.config());
+                    arrival.audit = audit;
+                    admitted.map(|turn| arrival.turn = turn)
+                }
+                _ => app.access.unscoped(&who),
+            };
+            match (checked, pool) {
+                (Err(e), _) => send(app, rq, Reply::error(&e), &arrival),
+                (Ok(()), Some(pool)) => match route {
+                    Route::Prefetch(r) => pool.prefetch(app, rq, r, arrival),
+                    Route::Purge(r) => pool.purge(app, rq, r, arrival),
+                    _ => pool.prefetch_list(app, rq, arrival),
+                },
+                (Ok(()), None) => send(app, rq, Reply::error(&shutting_down()), &arrival),
+            }
+            return;
+        }
         Ok(Route::Page(page)) => {
             let reply = match app.access.page(page, &presented(&rq)) {
                 Ok(()) => pages::answer(app, page, &rq),
@@ -191,24 +220,12 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
         Err(e) => Err(e),
     };
     match (route, pool) {
-        (Ok((route, turn)), Some(pool)) => pool.submit(
-            app,
-            Job {
-                rq,
-                route,
-                arrival,
-                turn,
-            },
-        ),
-        (Ok(_), None) => {
-            let e = ProxyError::new(
-                Code::ShuttingDown,
-                "the proxy is shutting down; retry on another instance",
-            )
-            .with_header("Retry-After", "5")
-            .with_header("Connection", "close");
-            send(app, rq, Reply::error(&e), &arrival);
+        // A cache hit is served on this path too: after the checks made above.
+        (Ok((route, turn)), Some(pool)) => {
+            arrival.turn = turn;
+            pool.submit(app, Job { rq, route, arrival })
         }
+        (Ok(_), None) => send(app, rq, Reply::error(&shutting_down()), &arrival),
         (Err(e), _) => send(app, rq, Reply::error(&e), &arrival),
     }
 }
@@ -224,6 +241,16 @@ fn presented(rq: &Request) -> Presented {
             .or_else(|| rq.remote_addr().map(|a| a.ip().to_string()))
             .unwrap_or_else(|| "-".into()),
     }
+}
+
+/// The 503 of a request that comes in after SIGTERM.
+fn shutting_down() -> ProxyError {
+    ProxyError::new(
+        Code::ShuttingDown,
+        "the proxy is shutting down; retry on another instance",
+    )
+    .with_header("Retry-After", "5")
+    .with_header("Connection", "close")
 }
 
 /// SIGHUP: load both files again; a config that fails validation is refused and the old one stays.

@@ -66,7 +66,8 @@ pub fn answer(app: &App, page: Page, rq: &Request) -> Reply {
             "the status page is off; start with ZHIVA_SHOW_STATUS_PAGE=true to turn it on",
         )),
         Page::Status => {
-            let v = status::json(&app.config(), &app.health, &app.auth);
+            let mut v = status::json(&app.config(), &app.health, &app.auth);
+            v["cache"] = app.cache.status();
             if header(rq, "Accept").is_some_and(|a| a.contains("application/json")) {
                 Reply::json(200, &v)
             } else {
@@ -81,6 +82,7 @@ pub fn answer(app: &App, page: Page, rq: &Request) -> Reply {
                 in_flight: app.in_flight.load(Ordering::SeqCst),
                 workers: app.workers_alive.load(Ordering::SeqCst),
                 tokens: app.auth.counters(),
+                cache: app.cache.stats().numbers(),
             }),
         ),
         Page::Preflight => Reply::empty(

@@ -7,9 +7,9 @@ use std::time::Instant;
 use serde_json::Value;
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use crate::access::{Outcome, Record};
+use crate::access::{Outcome, Record, Turn};
 use crate::error::{ProxyError, PROBLEM_JSON};
-use crate::inference::{Relay, Stats};
+use crate::inference::Stats;
 use crate::routing::Label;
 use crate::state::App;
 
@@ -79,18 +79,23 @@ impl Reply {
         }
     }
 
-    /// The model's answer, relayed as it arrives.
-    pub fn relay(relay: Relay) -> Reply {
-        let headers = relay
-            .content_type
-            .map(|ct| vec![("Content-Type", ct)])
-            .unwrap_or_default();
+    /// An answer relayed as it arrives (the model's, or a cached one), with its
+    /// status, content type and length when known.
+    pub fn stream(
+        status: u16,
+        content_type: Option<String>,
+        length: Option<usize>,
+        body: Box<dyn Read + Send>,
+        stats: Option<Stats>,
+    ) -> Reply {
         Reply {
-            status: relay.status,
-            headers,
-            body: Body::Stream(Box::new(relay.body), relay.length),
+            status,
+            headers: content_type
+                .map(|ct| vec![("Content-Type", ct)])
+                .unwrap_or_default(),
+            body: Body::Stream(body, length),
             error: None,
-            stats: Some(relay.stats),
+            stats,
         }
     }
 }
@@ -103,11 +108,19 @@ pub struct Arrival {
     pub label: Label,
     /// An inference's audit record, finished when it is answered.
     pub audit: Option<Record>,
+    /// The caller's turn (`--caller-concurrency`), held until the request is
+    /// answered: it travels with the request through the pool and the cache.
+    pub turn: Option<Turn>,
 }
 
 /// Writes `reply` to the client, then logs and counts it.
 pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
     let mut headers = app.cors.headers(header(&rq, "Origin").as_deref());
+    let cache = reply
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "X-Cache")
+        .map(|(_, v)| v.clone());
     headers.extend(reply.headers);
     let (method, url) = (rq.method().to_string(), rq.url().to_string());
     let (body, length): (Box<dyn Read + Send>, Option<usize>) = match reply.body {
@@ -142,6 +155,9 @@ pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
             s.instances, s.dicom_bytes, s.pacs_ms, s.model_ms
         ));
     }
+    if let Some(c) = &cache {
+        line.push_str(&format!(" cache={c}"));
+    }
     if let Some(e) = &reply.error {
         line.push_str(&format!(" error={}", e.code));
     }
@@ -157,13 +173,10 @@ pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
         app.access.audit(r, &outcome);
     }
     count(app, &arrival.label, reply.status);
-    if reply.stats.is_some() {
+    if reply.stats.is_some() || cache.as_deref() == Some("hit") {
         app.metrics.bytes("response_to_client", body.n);
         if let Err(e) = written {
-            log::warn!(
-                "relaying the model's answer for {} failed: {e}",
-                log_path(&url)
-            );
+            log::warn!("relaying the answer for {} failed: {e}", log_path(&url));
         }
     }
     if let Some(e) = reply.error.filter(|e| e.status() >= 500) {

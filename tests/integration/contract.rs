@@ -214,7 +214,7 @@ fn sorted(v: &Value) -> Value {
 }
 
 /// Runs `tests/browser/viewer.mjs` with `spec`; its results by request name.
-fn browser(spec: &Value) -> Vec<Value> {
+pub fn browser(spec: &Value) -> Vec<Value> {
     let dir = tempdir(&format!("browser-{}", free_port()));
     let spec_file = dir.join("spec.json");
     std::fs::write(&spec_file, spec.to_string()).unwrap();

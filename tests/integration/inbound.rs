@@ -952,3 +952,62 @@ async function one(url, headers) {{
         "the status page with the key as a bearer: {r}"
     );
 }
+
+/// Changing the cache changes what every caller gets: under inbound auth a PUT or
+/// DELETE is checked like the inference it names, and a prefetch list needs a
+/// credential without limits.
+#[test]
+fn cache_changes_need_a_credential() {
+    let model = model();
+    let dir = tempdir("inbound-cache");
+    let (counter_url, _hits) = counter();
+    let (ward, research) = ("ward-8c1d2e3f4a5b", "research-2d3e4f5a6b7c");
+    let file = dir.join("api-keys");
+    std::fs::write(
+        &file,
+        format!(
+            "sha256:{} ward\nsha256:{} research {SEG}\n",
+            hex(ward),
+            hex(research)
+        ),
+    )
+    .unwrap();
+    let p = start(
+        &model,
+        &dir,
+        &counter_url,
+        &[
+            "--inbound-auth",
+            "api-key",
+            "--api-keys",
+            file.to_str().unwrap(),
+            "--cache-size",
+            "64M",
+        ],
+    );
+    let seg = format!("{}{}", p.url, inference_path(SEG, None));
+    let ann = format!("{}{}", p.url, inference_path(ANN, None));
+    request("DELETE", &seg, &[], None).assert_error(401, "unauthorized");
+    request("PUT", &seg, &[], None).assert_error(401, "unauthorized");
+    request("PUT", &ann, &[("api_key", research)], None).assert_error(403, "forbidden");
+    assert_eq!(
+        request("PUT", &seg, &[("api_key", research)], None).status,
+        202
+    );
+    let list = json!([inference_path(SEG, None)]).to_string();
+    let prefetch = format!("{}/prefetch", p.url);
+    request("POST", &prefetch, &[], Some(&list)).assert_error(401, "unauthorized");
+    request("POST", &prefetch, &[("api_key", research)], Some(&list))
+        .assert_error(403, "forbidden");
+    let r = request(
+        "POST",
+        &prefetch,
+        &[("api_key", ward), ("Content-Type", "application/json")],
+        Some(&list),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        request("DELETE", &seg, &[("api_key", ward)], None).status / 100,
+        2
+    );
+}

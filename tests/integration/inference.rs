@@ -301,7 +301,7 @@ fn malformed_requests_are_rejected_before_upstream() {
         );
     }
     let r = request(
-        "DELETE",
+        "PATCH",
         &format!("{}{}", model.shared().url, seg_url(st)),
         &[],
         None,

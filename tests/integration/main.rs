@@ -8,6 +8,7 @@
 mod common;
 
 mod auth;
+mod cache;
 mod cli;
 mod contract;
 mod faults;

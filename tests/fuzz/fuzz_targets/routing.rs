@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use model_proxy::parsers::{is_dicom_uid, is_uuid, route, Page, Route};
+use model_proxy::parsers::{is_dicom_uid, is_uuid, route, InferenceRequest, Page, Route};
 
 const METHODS: &[&str] = &["GET", "POST", "OPTIONS", "HEAD", "PUT", "DELETE", "get", ""];
 
@@ -29,25 +29,15 @@ fn check(method: &str, target: &str) {
         Ok(Route::Inference(r)) => {
             assert!(method == "GET" || method == "POST", "{method:?}");
             assert_eq!(r.has_body, method == "POST");
-            safe_uuid(&r.model);
-            if let Some(s) = &r.server {
-                safe_uuid(s);
-            }
-            safe_uid(&r.study);
-            if let Some(s) = &r.series {
-                safe_uid(s);
-            }
-            if let Some(s) = &r.instance {
-                safe_uid(s);
-                assert!(r.series.is_some(), "instance without series");
-            }
-            // Every id came from the target's path, verbatim up to case.
-            let path = target.split('?').next().unwrap_or("");
-            let lower = path.to_ascii_lowercase();
-            assert!(lower.contains(&format!("/{}/", r.model)));
-            assert!(path.contains(&format!("/studies/{}", r.study)));
-            assert!(path.starts_with(&format!("/{}s/", r.task.as_str())));
+            inference(&r, target);
         }
+        // The cache's methods on an inference URL: the same checks, no body.
+        Ok(Route::Prefetch(r)) | Ok(Route::Purge(r)) => {
+            assert!(method == "PUT" || method == "DELETE", "{method:?}");
+            assert!(!r.has_body);
+            inference(&r, target);
+        }
+        Ok(Route::PrefetchList) => assert_eq!(method, "POST"),
         // The fixed pages (healthz, readyz, status, metrics, ...).
         Ok(_) => assert!(method == "GET" || method == "HEAD", "{method:?}"),
         Err(e) => {
@@ -56,6 +46,27 @@ fn check(method: &str, target: &str) {
             assert!(e.message.len() <= 2048, "{} byte message", e.message.len());
         }
     }
+}
+
+/// Every id is safe for a PACS URL and came from the target's path, verbatim up to case.
+fn inference(r: &InferenceRequest, target: &str) {
+    safe_uuid(&r.model);
+    if let Some(s) = &r.server {
+        safe_uuid(s);
+    }
+    safe_uid(&r.study);
+    if let Some(s) = &r.series {
+        safe_uid(s);
+    }
+    if let Some(s) = &r.instance {
+        safe_uid(s);
+        assert!(r.series.is_some(), "instance without series");
+    }
+    let path = target.split('?').next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    assert!(lower.contains(&format!("/{}/", r.model)));
+    assert!(path.contains(&format!("/studies/{}", r.study)));
+    assert!(path.starts_with(&format!("/{}s/", r.task.as_str())));
 }
 
 fn safe_uuid(s: &str) {

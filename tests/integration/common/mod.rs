@@ -555,8 +555,16 @@ impl Proxy {
         Proxy::launch(&dir, &all, &[], true)
     }
 
+    /// Starts the proxy like [`Proxy::start_in`], on `port` (a replica coming back).
+    pub fn start_at(dir: &Path, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
+        Proxy::launch_at(dir, port, args, envs, false)
+    }
+
     fn launch(dir: &Path, args: &[&str], envs: &[(&str, &str)], tls: bool) -> Proxy {
-        let port = free_port();
+        Proxy::launch_at(dir, free_port(), args, envs, tls)
+    }
+
+    fn launch_at(dir: &Path, port: u16, args: &[&str], envs: &[(&str, &str)], tls: bool) -> Proxy {
         let log = dir.join("proxy.log");
         let mut cmd = Command::new("python3");
         cmd.arg(fixtures().join("supervise.py"))
@@ -568,7 +576,10 @@ impl Proxy {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(args)
-            .env("ZHIVA_LOG", "debug");
+            .env("ZHIVA_LOG", "debug")
+            // The cache is off unless a test turns it on (`--cache-size`): the other
+            // tests count what the model sees.
+            .env("ZHIVA_CACHE_SIZE", "0");
         for (k, v) in envs {
             cmd.env(k, v);
         }
