@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use std::process::ExitCode;
 
+use crate::front::Connections;
 use crate::server::{self, Setup};
 use crate::state::Options;
 use crate::upstream::Timeouts;
@@ -68,6 +69,14 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// How long in-flight inferences may run on after SIGTERM.
     pub grace_period: Duration,
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one address.
+    pub max_connections_per_client: usize,
+    /// How long a kept-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// How long a request head may take to arrive.
+    pub header_timeout: Duration,
     /// URL probed by `healthcheck`.
     pub url: String,
 }
@@ -97,6 +106,13 @@ impl Settings {
                 health_interval: self.health_interval,
                 body_timeout: self.body_timeout,
                 grace_period: self.grace_period,
+            },
+            connections: Connections {
+                max: self.max_connections,
+                per_client: self.max_connections_per_client,
+                idle: self.idle_timeout,
+                header: self.header_timeout,
+                body: self.body_timeout,
             },
         }
     }
@@ -231,6 +247,30 @@ const FLAGS: &[Flag] = &[
         help: "after SIGTERM, how long in-flight inferences may finish [30]",
     },
     Flag {
+        name: "max-connections",
+        env: "ZHIVA_MAX_CONNECTIONS",
+        value: "N",
+        help: "client connections open at once [512]",
+    },
+    Flag {
+        name: "max-connections-per-client",
+        env: "ZHIVA_MAX_CONNECTIONS_PER_CLIENT",
+        value: "N",
+        help: "client connections open at once from one address [32]",
+    },
+    Flag {
+        name: "idle-timeout",
+        env: "ZHIVA_IDLE_TIMEOUT",
+        value: "SECS",
+        help: "longest a kept-alive connection waits for its next request [30]",
+    },
+    Flag {
+        name: "header-timeout",
+        env: "ZHIVA_HEADER_TIMEOUT",
+        value: "SECS",
+        help: "longest a request head may take to arrive [10]",
+    },
+    Flag {
         name: "url",
         env: "ZHIVA_HEALTHCHECK_URL",
         value: "URL",
@@ -363,6 +403,10 @@ fn settings(
         ca_file: get("ca-file").map(|(_, v)| v.into()),
         grace_period: number("grace-period", 30, 0).map(Duration::from_secs)?,
         body_timeout: secs("body-timeout", 30)?,
+        max_connections: number("max-connections", 512, 1)? as usize,
+        max_connections_per_client: number("max-connections-per-client", 32, 1)? as usize,
+        idle_timeout: secs("idle-timeout", 30)?,
+        header_timeout: secs("header-timeout", 10)?,
         url: string("url", "http://127.0.0.1:8002/healthz"),
     })
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::cors::Cors;
+use crate::front::{self, Tls};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::Slots;
@@ -95,6 +96,10 @@ pub struct App {
     pub slots: Slots,
     /// SIGTERM received.
     pub shutting_down: AtomicBool,
+    /// The listener's certificate, when serving HTTPS.
+    pub tls: Option<Arc<Tls>>,
+    /// Client connection counts, and answers that broke off.
+    pub front: Arc<front::Shared>,
 }
 
 impl App {
@@ -120,6 +125,8 @@ impl App {
             metrics: Metrics::default(),
             slots: Slots::default(),
             shutting_down: AtomicBool::new(false),
+            tls: None,
+            front: Arc::default(),
         }
     }
 

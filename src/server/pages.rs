@@ -66,7 +66,11 @@ pub fn answer(app: &App, page: Page, rq: &Request) -> Reply {
             "the status page is off; start with ZHIVA_SHOW_STATUS_PAGE=true to turn it on",
         )),
         Page::Status => {
-            let v = status::json(&app.config(), &app.health, &app.auth);
+            let mut v = status::json(&app.config(), &app.health, &app.auth);
+            v["tls"] = app
+                .tls
+                .as_ref()
+                .map_or_else(|| json!({"state": "off"}), |t| t.status());
             if header(rq, "Accept").is_some_and(|a| a.contains("application/json")) {
                 Reply::json(200, &v)
             } else {
@@ -81,6 +85,10 @@ pub fn answer(app: &App, page: Page, rq: &Request) -> Reply {
                 in_flight: app.in_flight.load(Ordering::SeqCst),
                 workers: app.workers_alive.load(Ordering::SeqCst),
                 tokens: app.auth.counters(),
+                connections: app.front.open(),
+                evicted: app.front.evicted.load(Ordering::Relaxed),
+                refused: app.front.refused.load(Ordering::Relaxed),
+                tls_seconds_left: app.tls.as_ref().and_then(|t| t.seconds_left()),
             }),
         ),
         Page::Preflight => Reply::empty(
