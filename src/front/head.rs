@@ -695,6 +695,14 @@ mod tests {
     }
 
     #[test]
+    fn lookalike_field_names_are_just_fields() {
+        let text = "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encodingthoding: ced\r\nContent-Lengthy: 9\r\n\r\n";
+        let (h, _) = req(text).unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(h.headers.len(), 3);
+    }
+
+    #[test]
     fn bodies_on_get_head_options_are_refused_unless_empty() {
         for m in ["GET", "HEAD", "OPTIONS"] {
             let text =
