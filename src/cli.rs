@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use crate::access::{self, Methods, Target};
 use crate::cache;
+use crate::front::Connections;
 use crate::server::{self, Setup};
 use crate::state::Options;
 use crate::upstream::Timeouts;
@@ -78,6 +79,14 @@ pub struct Settings {
     pub cache_ttl: Duration,
     /// Threads running prefetches.
     pub prefetch_workers: usize,
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one address.
+    pub max_connections_per_client: usize,
+    /// How long a kept-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// How long a request head may take to arrive.
+    pub header_timeout: Duration,
     /// URL probed by `healthcheck`.
     pub url: String,
     /// Who may ask: the accepted inbound credentials.
@@ -130,6 +139,13 @@ impl Settings {
                         prefetch_workers: self.prefetch_workers,
                     }
                 }),
+            },
+            connections: Connections {
+                max: self.max_connections,
+                per_client: self.max_connections_per_client,
+                idle: self.idle_timeout,
+                header: self.header_timeout,
+                body: self.body_timeout,
             },
             access: self.access(),
         }
@@ -337,6 +353,30 @@ const FLAGS: &[Flag] = &[
         help: "threads running prefetches (PUT, POST /prefetch) [2]",
     },
     Flag {
+        name: "max-connections",
+        env: "ZHIVA_MAX_CONNECTIONS",
+        value: "N",
+        help: "client connections open at once [512]",
+    },
+    Flag {
+        name: "max-connections-per-client",
+        env: "ZHIVA_MAX_CONNECTIONS_PER_CLIENT",
+        value: "N",
+        help: "client connections open at once from one address [32]",
+    },
+    Flag {
+        name: "idle-timeout",
+        env: "ZHIVA_IDLE_TIMEOUT",
+        value: "SECS",
+        help: "longest a kept-alive connection waits for its next request [30]",
+    },
+    Flag {
+        name: "header-timeout",
+        env: "ZHIVA_HEADER_TIMEOUT",
+        value: "SECS",
+        help: "longest a request head may take to arrive [10]",
+    },
+    Flag {
         name: "url",
         env: "ZHIVA_HEALTHCHECK_URL",
         value: "URL",
@@ -482,6 +522,10 @@ fn settings(
         },
         cache_ttl: number("cache-ttl", 86_400, 0).map(Duration::from_secs)?,
         prefetch_workers: number("prefetch-workers", 2, 1)? as usize,
+        max_connections: number("max-connections", 512, 1)? as usize,
+        max_connections_per_client: number("max-connections-per-client", 32, 1)? as usize,
+        idle_timeout: secs("idle-timeout", 30)?,
+        header_timeout: secs("header-timeout", 10)?,
         url: string("url", "http://127.0.0.1:8002/healthz"),
         inbound_auth,
         jwt_public_keys: string("jwt-public-key", "")

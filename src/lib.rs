@@ -40,7 +40,9 @@
 //!                  cached (hits, single-flight, tee, purge, prefetch), body (timed
 //!                  reads), pages (healthz, readyz, status, metrics, preflight), reply
 //!                  (the one writer: CORS, access log, metrics)
-//!   front.rs       the public listener: rustls (or plain) in front of tiny_http
+//!   front/         the public listener in front of tiny_http: head (request and response
+//!                  heads, framing rules, chunked), conn (one connection, one request at a
+//!                  time), conns (caps, eviction), tls (certificate, expiry)
 //!   trust.rs       upstream TLS verification (roots, CA file, pinning)
 //!   upstream.rs    one ureq agent per kind of upstream, with its timeouts
 //!   state.rs       App (the shared state), Options, StateDir
@@ -91,6 +93,10 @@ pub mod parsers {
     pub use crate::config::from_texts;
     pub use crate::config::jsonc::{line_col, to_strict};
     pub use crate::error::Code;
+    pub use crate::front::head::{
+        head_end, parse_request, parse_response, Chunked, Framing, Limits, RequestHead, LIMITS,
+    };
+    pub use crate::front::not_after;
     pub use crate::ids::{is_dicom_uid, is_uuid};
     pub use crate::multipart::{boundary, find, Multipart};
     pub use crate::payload::encode_bytes;

@@ -60,6 +60,14 @@ pub struct Gauges {
     pub tokens: Vec<TokenCounts>,
     /// The inference cache's numbers.
     pub cache: Numbers,
+    /// Client connections open.
+    pub connections: usize,
+    /// Client connections closed to make room for new ones.
+    pub evicted: u64,
+    /// Client connections refused at the cap.
+    pub refused: u64,
+    /// Seconds until the listener's certificate expires, when serving HTTPS.
+    pub tls_seconds_left: Option<i64>,
 }
 
 impl Metrics {
@@ -144,6 +152,25 @@ impl Metrics {
             "Worker threads alive.",
             g.workers,
         );
+        gauge(
+            &mut out,
+            "model_proxy_connections_open",
+            "Client connections open.",
+            g.connections,
+        );
+        out.push_str("# HELP model_proxy_connections_closed_total Client connections closed by the proxy at its caps: evicted (the longest idle, to make room) or refused.\n# TYPE model_proxy_connections_closed_total counter\n");
+        for (why, n) in [("evicted", g.evicted), ("refused", g.refused)] {
+            let _ = writeln!(
+                out,
+                "model_proxy_connections_closed_total{{reason=\"{why}\"}} {n}"
+            );
+        }
+        if let Some(left) = g.tls_seconds_left {
+            let _ = write!(
+                out,
+                "# HELP model_proxy_tls_cert_expiry_seconds Seconds until the listener's TLS certificate expires (negative: expired).\n# TYPE model_proxy_tls_cert_expiry_seconds gauge\nmodel_proxy_tls_cert_expiry_seconds {left}\n"
+            );
+        }
         out.push_str("# HELP model_proxy_token_events_total PACS token sign-ins, refreshes and failures, by server.\n# TYPE model_proxy_token_events_total counter\n");
         for t in &g.tokens {
             for (kind, n) in [
@@ -236,6 +263,10 @@ mod tests {
                 prefetch_failed: 1,
                 ..Numbers::default()
             },
+            connections: 4,
+            evicted: 5,
+            refused: 0,
+            tls_seconds_left: Some(-60),
         });
         assert!(text.contains(
             "model_proxy_requests_total{route=\"segmentations\",status=\"200\",model=\"abc\"} 2"
@@ -251,5 +282,8 @@ mod tests {
         assert!(text.contains("model_proxy_cache_hits_total 4\n"));
         assert!(text.contains("model_proxy_prefetches_total{outcome=\"failed\"} 1\n"));
         assert!(text.contains("# TYPE model_proxy_cache_bytes gauge\n"));
+        assert!(text.contains("model_proxy_connections_open 4"));
+        assert!(text.contains("model_proxy_connections_closed_total{reason=\"evicted\"} 5"));
+        assert!(text.contains("model_proxy_tls_cert_expiry_seconds -60"));
     }
 }

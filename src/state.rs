@@ -11,6 +11,7 @@ use crate::auth::Auth;
 use crate::cache::{self, Cache};
 use crate::config::Config;
 use crate::cors::Cors;
+use crate::front::{self, Tls};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::Slots;
@@ -103,6 +104,10 @@ pub struct App {
     pub shutting_down: AtomicBool,
     /// The inference cache (off when `options.cache` is `None`).
     pub cache: Cache,
+    /// The listener's certificate, when serving HTTPS.
+    pub tls: Option<Arc<Tls>>,
+    /// Client connection counts, and answers that broke off.
+    pub front: Arc<front::Shared>,
 }
 
 impl App {
@@ -131,6 +136,8 @@ impl App {
             metrics: Metrics::default(),
             slots: Slots::default(),
             shutting_down: AtomicBool::new(false),
+            tls: None,
+            front: Arc::default(),
         }
     }
 

@@ -94,6 +94,20 @@ fn rows(items: &Value, extra: &str) -> String {
     out
 }
 
+/// The listener's certificate, when there is one.
+fn tls(t: &Value) -> String {
+    let state = t["state"].as_str().unwrap_or("off");
+    if state == "off" {
+        return String::new();
+    }
+    let class = if state == "ok" { "up" } else { "down" };
+    format!(
+        "<p class=\"{class}\">TLS certificate <code>{}</code>: <b>{state}</b>, valid until {}</p>",
+        esc(t["certificate"].as_str().unwrap_or("")),
+        esc(t["notAfter"].as_str().unwrap_or("unknown")),
+    )
+}
+
 /// The status as a small HTML page.
 pub fn html(status: &Value) -> String {
     let head = |third: &str| {
@@ -116,9 +130,10 @@ pub fn html(status: &Value) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>model-proxy status</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
-tr.up b{{color:#080}}tr.busy b{{color:#b60}}tr.down b{{color:#b00}}tr.unknown b{{color:#888}}</style></head><body>\
-<h1>model-proxy {}</h1><h2>PACS servers</h2><table>{}{}</table><h2>Models</h2><table>{}{}</table>{}</body></html>\n",
+tr.up b,p.up b{{color:#080}}tr.busy b{{color:#b60}}tr.down b,p.down b{{color:#b00}}tr.unknown b{{color:#888}}</style></head><body>\
+<h1>model-proxy {}</h1>{}<h2>PACS servers</h2><table>{}{}</table><h2>Models</h2><table>{}{}</table>{}</body></html>\n",
         esc(status["version"].as_str().unwrap_or("")),
+        tls(&status["tls"]),
         head("auth"),
         rows(&status["servers"], "authType"),
         head("task"),

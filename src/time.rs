@@ -35,6 +35,19 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Seconds since the epoch of a UTC civil time (proleptic Gregorian; before 1970 is negative).
+pub fn from_civil(year: i64, month: i64, day: i64, h: i64, m: i64, s: i64) -> i64 {
+    // Howard Hinnant's days-from-civil algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + h * 3_600 + m * 60 + s
+}
+
 /// RFC 3339 of a time given in seconds since the epoch (a JWT's `exp`).
 pub fn rfc3339_secs(secs: u64) -> String {
     rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(secs))
@@ -53,5 +66,8 @@ mod tests {
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_secs(0), "1970-01-01T00:00:00Z");
+        assert_eq!(from_civil(2026, 11, 23, 1, 2, 3), 1_795_392_000 + 3_723);
+        assert_eq!(from_civil(2000, 2, 29, 0, 0, 0), 951_782_400);
+        assert_eq!(from_civil(1969, 12, 31, 23, 59, 59), -1);
     }
 }

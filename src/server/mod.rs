@@ -26,7 +26,7 @@ use tiny_http::{Request, Server};
 use crate::access::{self, Access, Presented};
 use crate::config::{self, Config};
 use crate::error::{Code, ProxyError};
-use crate::front;
+use crate::front::{self, Tls};
 use crate::health;
 use crate::routing::{self, Route};
 use crate::state::{App, Options, StateDir};
@@ -55,6 +55,8 @@ pub struct Setup {
     pub options: Options,
     /// Who may ask, and the audit trail.
     pub access: access::Settings,
+    /// Client connections: caps and timeouts.
+    pub connections: front::Connections,
 }
 
 /// Loads the config, starts the background threads and the workers, and serves until SIGTERM.
@@ -63,7 +65,7 @@ pub fn serve(setup: Setup) -> Result<(), String> {
     let access = Access::load(setup.access.clone())?;
     let agents = Agents::new(&setup.timeouts, setup.ca_file.as_deref())?;
     let tls = match &setup.tls {
-        Some((cert, key)) => Some(front::server_config(cert, key)?),
+        Some((cert, key)) => Some(Arc::new(Tls::load(cert, key)?)),
         None => None,
     };
     let state_dir = StateDir::new(&setup.state_dir);
@@ -84,10 +86,6 @@ pub fn serve(setup: Setup) -> Result<(), String> {
     let sock = front::backend_socket(&state_dir.sub("run")?);
     let server = Server::http_unix(&sock)
         .map_err(|e| format!("cannot open the backend socket {}: {e}", sock.display()))?;
-    thread::Builder::new()
-        .name("accept".into())
-        .spawn(move || front::serve(listener, tls, sock))
-        .map_err(|e| format!("cannot start the listener: {e}"))?;
     log::info!(
         "listening on {public} with {} workers; {} servers, {} models from {}",
         setup.options.workers,
@@ -95,15 +93,29 @@ pub fn serve(setup: Setup) -> Result<(), String> {
         config.models.len(),
         setup.options.config_dir.display()
     );
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         config,
         setup.options,
         state_dir,
         agents,
         Cors::new(&setup.allowed_origins),
         access,
-    ));
+    );
+    app.tls = tls.clone();
+    let app = Arc::new(app);
     app.cache.start()?;
+    let refuse_app = app.clone();
+    let door = front::Door {
+        backend: sock,
+        tls,
+        connections: setup.connections,
+        refuse: Box::new(move |e, seen| reply::refusal(&refuse_app, e, seen)),
+        shared: app.front.clone(),
+    };
+    thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || front::serve(listener, door))
+        .map_err(|e| format!("cannot start the listener: {e}"))?;
     let (poll_app, slots_app) = (app.clone(), app.clone());
     health::spawn(
         app.agents.probe.clone(),
@@ -253,11 +265,15 @@ fn shutting_down() -> ProxyError {
     .with_header("Connection", "close")
 }
 
-/// SIGHUP: load both files again; a config that fails validation is refused and the old one stays.
-/// The inbound keys are read again and the audit file reopened.
+/// SIGHUP: load both files (and the TLS pair) again; what fails validation is
+/// refused and the old one stays. The inbound keys are read again and the audit
+/// file reopened.
 fn reload(app: &App) {
     systemd::notify("RELOADING=1");
     app.access.reload();
+    if let Some(tls) = &app.tls {
+        tls.reload();
+    }
     match config::load(&app.options.config_dir) {
         Ok(c) => {
             log::info!(

@@ -68,6 +68,10 @@ pub fn answer(app: &App, page: Page, rq: &Request) -> Reply {
         Page::Status => {
             let mut v = status::json(&app.config(), &app.health, &app.auth);
             v["cache"] = app.cache.status();
+            v["tls"] = app
+                .tls
+                .as_ref()
+                .map_or_else(|| json!({"state": "off"}), |t| t.status());
             if header(rq, "Accept").is_some_and(|a| a.contains("application/json")) {
                 Reply::json(200, &v)
             } else {
@@ -83,6 +87,10 @@ pub fn answer(app: &App, page: Page, rq: &Request) -> Reply {
                 workers: app.workers_alive.load(Ordering::SeqCst),
                 tokens: app.auth.counters(),
                 cache: app.cache.stats().numbers(),
+                connections: app.front.open(),
+                evicted: app.front.evicted.load(Ordering::Relaxed),
+                refused: app.front.refused.load(Ordering::Relaxed),
+                tls_seconds_left: app.tls.as_ref().and_then(|t| t.seconds_left()),
             }),
         ),
         Page::Preflight => Reply::empty(

@@ -5,12 +5,13 @@ use std::io::{Cursor, Read};
 use std::time::Instant;
 
 use serde_json::Value;
-use tiny_http::{Header, Request, Response, StatusCode};
+use tiny_http::{HTTPVersion, Header, Request, Response, StatusCode};
 
 use crate::access::{Outcome, Record, Turn};
-use crate::error::{ProxyError, PROBLEM_JSON};
+use crate::error::{self, ProxyError, Upstream, PROBLEM_JSON};
+use crate::front::{Seen, Shared, RELAY_HEADER};
 use crate::inference::Stats;
-use crate::routing::Label;
+use crate::routing::{self, Label};
 use crate::state::App;
 
 /// A response body.
@@ -115,14 +116,14 @@ pub struct Arrival {
 
 /// Writes `reply` to the client, then logs and counts it.
 pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
-    let mut headers = app.cors.headers(header(&rq, "Origin").as_deref());
     let cache = reply
         .headers
         .iter()
         .find(|(k, _)| *k == "X-Cache")
         .map(|(_, v)| v.clone());
-    headers.extend(reply.headers);
+    let headers = tiny_headers(app, header(&rq, "Origin").as_deref(), reply.headers);
     let (method, url) = (rq.method().to_string(), rq.url().to_string());
+    let relay = header(&rq, RELAY_HEADER).and_then(|v| v.parse().ok());
     let (body, length): (Box<dyn Read + Send>, Option<usize>) = match reply.body {
         Body::Full(b) => {
             let n = b.len();
@@ -130,11 +131,12 @@ pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
         }
         Body::Stream(r, n) => (r, n),
     };
-    let mut body = Counting { inner: body, n: 0 };
-    let headers: Vec<Header> = headers
-        .into_iter()
-        .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
-        .collect();
+    let mut body = Counting {
+        inner: body,
+        n: 0,
+        failed: None,
+        on_failure: relay.map(|id| (app.front.as_ref(), id)),
+    };
     let written = rq.respond(Response::new(
         StatusCode(reply.status),
         headers,
@@ -142,13 +144,14 @@ pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
         length,
         None,
     ));
-    let mut line = format!(
-        "{method} {} {} {}ms {}B",
-        log_path(&url),
-        reply.status,
-        arrival.started.elapsed().as_millis(),
-        body.n
-    );
+    // A model answer that broke off mid-body is what the viewer got, whatever the status sent.
+    let broke_off = body.failed.take();
+    let (status, error) = match &broke_off {
+        Some(e) => (None, Some(error::from_io(Upstream::Model, e))),
+        None => (Some(reply.status), reply.error),
+    };
+    let status = status.unwrap_or_else(|| error.as_ref().map_or(502, ProxyError::status));
+    let mut line = access_line(&method, &url, status, arrival.started, body.n);
     if let Some(s) = &reply.stats {
         line.push_str(&format!(
             " instances={} dicom_bytes={} pacs_ms={} model_ms={}",
@@ -158,48 +161,128 @@ pub fn send(app: &App, rq: Request, reply: Reply, arrival: &Arrival) {
     if let Some(c) = &cache {
         line.push_str(&format!(" cache={c}"));
     }
-    if let Some(e) = &reply.error {
+    if let Some(e) = &error {
         line.push_str(&format!(" error={}", e.code));
     }
     log::info!("{line}");
     if let Some(r) = &arrival.audit {
-        let code = reply.error.as_ref().map_or("ok", |e| e.code.as_str());
+        let code = error.as_ref().map_or("ok", |e| e.code.as_str());
         let outcome = Outcome {
-            status: reply.status,
+            status,
             code,
             duration_ms: arrival.started.elapsed().as_millis(),
             instances: reply.stats.as_ref().map(|s| s.instances),
         };
         app.access.audit(r, &outcome);
     }
-    count(app, &arrival.label, reply.status);
+    count(app, &arrival.label, status);
     if reply.stats.is_some() || cache.as_deref() == Some("hit") {
         app.metrics.bytes("response_to_client", body.n);
-        if let Err(e) = written {
-            log::warn!("relaying the answer for {} failed: {e}", log_path(&url));
+        if let (Err(e), None) = (written, broke_off) {
+            log::warn!(
+                "the client did not take the answer for {}: {e}",
+                log_path(&url)
+            );
         }
     }
-    if let Some(e) = reply.error.filter(|e| e.status() >= 500) {
+    if let Some(e) = error.filter(|e| e.status() >= 500) {
         log::warn!("{} {}: {}", log_path(&url), e.code, e.message);
     }
 }
 
-/// Counts a request that could not be answered (its client is gone or stalled).
-pub fn count(app: &App, label: &Label, status: u16) {
-    app.metrics.request(label.route, status, &label.model);
+/// The bytes of the answer to a request the front refuses before tiny_http
+/// sees it (malformed, oversized, too slow, or framed two ways), with CORS and
+/// `Connection: close`; logged and counted like every other answer.
+pub fn refusal(app: &App, e: &ProxyError, seen: &Seen) -> Vec<u8> {
+    let mut reply = Reply::error(e);
+    reply.headers.push(("Connection", "close".into()));
+    let headers = tiny_headers(app, seen.origin.as_deref(), reply.headers);
+    let body = e.to_json().into_bytes();
+    let n = body.len();
+    let response = Response::new(
+        StatusCode(e.status()),
+        headers,
+        Cursor::new(body),
+        Some(n),
+        None,
+    );
+    let mut out = Vec::with_capacity(n + 512);
+    let head_only = seen.method == "HEAD";
+    if let Err(err) = response.raw_print(&mut out, HTTPVersion(1, 1), &[], head_only, None) {
+        log::error!("cannot build an error answer: {err}");
+    }
+    let sent = if head_only { 0 } else { n as u64 };
+    let line = access_line(&seen.method, &seen.target, e.status(), seen.started, sent);
+    log::info!("{line} error={}", e.code);
+    count(
+        app,
+        &routing::route(&seen.method, &seen.target).label,
+        e.status(),
+    );
+    out
 }
 
-/// Counts what a relayed body has passed on.
-struct Counting<R> {
+/// CORS for `origin`, then `extra`, as tiny_http headers.
+fn tiny_headers(
+    app: &App,
+    origin: Option<&str>,
+    extra: Vec<(&'static str, String)>,
+) -> Vec<Header> {
+    let mut headers = app.cors.headers(origin);
+    headers.extend(extra);
+    headers
+        .into_iter()
+        .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
+        .collect()
+}
+
+/// The start of an access-log line: method, path, status, time, bytes.
+fn access_line(method: &str, url: &str, status: u16, started: Instant, bytes: u64) -> String {
+    format!(
+        "{method} {} {status} {}ms {bytes}B",
+        log_path(url),
+        started.elapsed().as_millis(),
+    )
+}
+
+/// Counts a request that could not be answered (its client is gone or stalled).
+/// A model the config does not know is counted as `unknown`, so URLs cannot grow the metrics.
+pub fn count(app: &App, label: &Label, status: u16) {
+    let known = label.model.is_empty() || app.config().models.contains_key(&label.model);
+    let model = if known {
+        label.model.as_str()
+    } else {
+        "unknown"
+    };
+    app.metrics.request(label.route, status, model);
+}
+
+/// Counts what a relayed body has passed on, and keeps the error that broke it off.
+struct Counting<'a, R> {
     inner: R,
     n: u64,
+    failed: Option<std::io::Error>,
+    /// Where to mark the exchange broken, before tiny_http ends the body as if it were whole.
+    on_failure: Option<(&'a Shared, u64)>,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.n += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if let Some((shared, id)) = self.on_failure {
+                    shared.break_off(id);
+                }
+                let kind = e.kind();
+                let message = e.to_string();
+                self.failed = Some(e);
+                Err(std::io::Error::new(kind, message))
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 mod contract;
 mod faults;
+mod front;
 mod fuzz_regressions;
 mod inbound;
 mod inference;
