@@ -2,8 +2,6 @@
 //! free its worker, and leave the proxy serving the next request without a restart.
 //! The proxy runs with a single worker, so a worker left stuck would show at once.
 
-use std::process::{Child, Stdio};
-
 use crate::common::*;
 use serde_json::json;
 
@@ -12,34 +10,6 @@ const GARBAGE: &str = "d2407f18-575d-487c-bc0c-640c6da651bc";
 const FLAKY: &str = "e2407f18-575d-487c-bc0c-640c6da651bc";
 const CLOSE: &str = "9d9508dd-9089-40c3-abdd-15f47120d682";
 const HANG: &str = "ad9508dd-9089-40c3-abdd-15f47120d682";
-
-struct Faults {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Faults {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-fn faults() -> Faults {
-    let e = env();
-    let upstream = e.pacs_a.trim_end_matches("/dicom-web").to_string();
-    let mut child = supervised("faults.py")
-        .args(["--upstream", &upstream])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("faults.py");
-    let port = announced(&mut child).expect("faults.py did not start")["port"]
-        .as_u64()
-        .unwrap();
-    Faults {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
 
 fn proxy(model: &Model, f: &Faults, name: &str) -> Proxy {
     let mut servers = servers_json();

@@ -4,9 +4,9 @@
 //! of issue 9, over raw sockets where a real HTTP client would not misbehave.
 //! Outcomes are asserted, never durations: the machine is shared.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -488,37 +488,6 @@ fn malformed_heads_get_the_json_400() {
     read_answer(&mut s).assert_error(400, "invalid_body");
 }
 
-struct Faults {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Faults {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-fn faults() -> Faults {
-    let upstream = env().pacs_a.trim_end_matches("/dicom-web").to_string();
-    let mut child = supervised("faults.py")
-        .args(["--upstream", &upstream])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("faults.py");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = serde_json::from_str::<Value>(&line).unwrap()["port"]
-        .as_u64()
-        .unwrap();
-    Faults {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
-
 const TRUNC: &str = "ed9508dd-9089-40c3-abdd-15f47120d682";
 const TRUNC_CHUNKED: &str = "fd9508dd-9089-40c3-abdd-15f47120d682";
 
@@ -624,25 +593,6 @@ fn unknown_models_share_one_metrics_label() {
     assert!(!metrics.contains("0000-4000-8000"), "{metrics}");
 }
 
-fn tls_agent(cert: &std::path::Path) -> ureq::Agent {
-    let pem = std::fs::read(cert).unwrap();
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|i| match i {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    let tls = ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-        .build();
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .timeout_global(Some(PATIENCE))
-        .build()
-        .new_agent()
-}
-
 fn make_cert(dir: &std::path::Path, days: i32) {
     let out = Command::new("python3")
         .arg(fixtures().join("auth_service.py"))
@@ -704,7 +654,7 @@ fn certificate_expiry_is_announced_and_a_renewed_pair_is_loaded_on_sighup() {
             key.to_str().unwrap(),
         ],
     );
-    let agent = tls_agent(&cert);
+    let agent = agent_trusting(&cert, Some(PATIENCE));
     let status = body_json(&agent, &format!("{}/status", p.url));
     assert_eq!(status["tls"]["state"], "expiring", "{status}");
     let left = expiry_metric(&agent, &p.url);

@@ -5,31 +5,13 @@ use std::process::Command;
 
 use crate::common::*;
 
-fn agent_trusting(cert: &std::path::Path) -> ureq::Agent {
-    let pem = std::fs::read(cert).unwrap();
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|i| match i {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    let tls = ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-        .build();
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .build()
-        .new_agent()
-}
-
 #[test]
 fn inference_over_https() {
     let model = model();
     let e = env();
     let p = Proxy::start_tls(&model, "https", &[]);
     let cert = p.config_dir.parent().unwrap().join("certs/zhiva.crt");
-    let agent = agent_trusting(&cert);
+    let agent = agent_trusting(&cert, None);
     let (series, instances) = &e.study_a.series[0];
     let url = format!("{}{}", p.url, series_path(SEG, None));
     // Several requests on one kept-alive connection, then on fresh ones.

@@ -772,3 +772,53 @@ impl Drop for AuthService {
         stop(&mut self.child);
     }
 }
+
+/// `faults.py`: a PACS and models that misbehave on purpose (see tests/fixtures/README.md).
+pub struct Faults {
+    child: Child,
+    /// Base URL, e.g. `http://127.0.0.1:P`.
+    pub url: String,
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Starts `faults.py` in front of Orthanc A.
+pub fn faults() -> Faults {
+    let upstream = env().pacs_a.trim_end_matches("/dicom-web").to_string();
+    let mut child = supervised("faults.py")
+        .args(["--upstream", &upstream])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("faults.py");
+    let port = announced(&mut child).expect("faults.py did not start")["port"]
+        .as_u64()
+        .expect("faults.py announces its port");
+    Faults {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// An HTTPS client that trusts the certificates in `cert` (PEM) and nothing else.
+pub fn agent_trusting(cert: &Path, timeout: Option<Duration>) -> ureq::Agent {
+    let pem = std::fs::read(cert).expect("the certificate file");
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(timeout)
+        .build()
+        .new_agent()
+}
