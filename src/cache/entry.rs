@@ -248,6 +248,8 @@ struct Filling {
     digest: Option<ring::digest::Context>,
     eof: bool,
     broke: Option<ProxyError>,
+    /// The entry's size once it landed.
+    landed: Option<u64>,
 }
 
 impl Filling {
@@ -255,13 +257,19 @@ impl Filling {
         if self.eof {
             return Ok(0);
         }
+        // The entry lands before the client gets the answer's last bytes, so a
+        // client that has its answer and asks again (or purges) finds the entry.
         match self.body.read(buf) {
             Ok(0) => {
                 self.eof = true;
+                self.settle();
                 Ok(0)
             }
             Ok(n) => {
                 self.keep(&buf[..n]);
+                if self.expected == Some(self.written) {
+                    self.settle();
+                }
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
@@ -298,6 +306,28 @@ impl Filling {
     fn discard(&mut self) {
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.target.tmp);
+        }
+    }
+
+    /// Stores a whole answer: once, and only if it is whole.
+    fn settle(&mut self) {
+        if self.file.is_none() || self.broke.is_some() {
+            return;
+        }
+        if self.expected.is_some_and(|n| n != self.written) {
+            log::warn!(
+                "the model's answer had {} bytes where its Content-Length said {:?}; not cached",
+                self.written,
+                self.expected
+            );
+            return self.discard();
+        }
+        match self.commit() {
+            Ok(n) => self.landed = Some(n),
+            Err(e) => log::warn!(
+                "cannot store the cache entry {}: {e}",
+                self.target.path.display()
+            ),
         }
     }
 
@@ -392,6 +422,7 @@ pub fn fill(
         digest: Some(ring::digest::Context::new(&ring::digest::SHA256)),
         eof: false,
         broke: None,
+        landed: None,
     }));
     (Tee(state.clone()), Fill(state))
 }
@@ -426,27 +457,10 @@ impl Fill {
         if let Some(e) = s.broke.clone() {
             return Filled::Failed(e);
         }
-        if s.file.is_none() {
-            return Filled::NotStored;
-        }
-        if s.expected.is_some_and(|n| n != s.written) {
-            log::warn!(
-                "the model's answer had {} bytes where its Content-Length said {:?}; not cached",
-                s.written,
-                s.expected
-            );
-            s.discard();
-            return Filled::NotStored;
-        }
-        match s.commit() {
-            Ok(n) => Filled::Landed(n),
-            Err(e) => {
-                log::warn!(
-                    "cannot store the cache entry {}: {e}",
-                    s.target.path.display()
-                );
-                Filled::NotStored
-            }
+        s.settle();
+        match s.landed {
+            Some(n) => Filled::Landed(n),
+            None => Filled::NotStored,
         }
     }
 }
