@@ -178,7 +178,7 @@ fi
 if [ "$arch" = "$host_arch" ] || [ ${#run[@]} -gt 0 ]; then
     version=$("${run[@]}" "$bin" --version) || die "$bin --version failed${run:+ (under ${run[*]})}"
 else
-    version="not run: no qemu-$arch-static (Debian qemu-user-static) to run a $arch binary here"
+    version="not run: no qemu-$arch-static (Debian qemu-user-static) to run the $arch binary here"
 fi
 
 echo "built $bin: $bytes bytes ($mib MiB), static, stripped; $version"

@@ -18,7 +18,8 @@
 # The image is the Dockerfile's "release" stage built by buildah (no daemon, no
 # registry: scratch pulls nothing) in a private, temporary container storage.
 # Timestamps (image, layers, SBOMs) are the last commit's, so that a rebuild of
-# the same commit gives the same image when the binaries are the same.
+# the same commit gives the same binaries, SBOMs and image layers (seen here; the
+# image configs differ, as buildah records its build container's id in them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
