@@ -50,7 +50,10 @@ need() { # need COMMAND DEBIAN-PACKAGE
 # The image test; this script runs it in a network namespace of its own
 # (`unshare --net`), where 127.0.0.1:8002, the image's port, is surely free.
 image_inner() {
-    local archive=$1 work=$2 ctr pid brun code uids
+    local archive=$1 work=$2 ctr code uids
+    pid='' brun=''
+    # A failed check must not leave the proxy running in its namespace.
+    trap '[ -z "$pid" ] || kill -KILL "$pid" 2>/dev/null; [ -z "$brun" ] || wait "$brun" 2>/dev/null' EXIT
     ip link set lo up
     local b=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs)
     ctr=$("${b[@]}" from --quiet --arch amd64 "oci-archive:$archive") || die "buildah from oci-archive:$archive"
@@ -81,7 +84,6 @@ image_inner() {
     echo "HEALTHCHECK with no proxy running: fails, as it should"
     "${run[@]}" "${entry[@]}" > "$work/image.log" 2>&1 &
     brun=$!
-    pid=
     for _ in $(seq 1 150); do
         pid=$(ss -Hltnp 'sport = :8002' | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2) || true
         [ -n "$pid" ] && break
@@ -91,6 +93,7 @@ image_inner() {
     [ -n "$pid" ] || { cat "$work/image.log" >&2; die "nothing listens on 8002 after 30 s"; }
     uids=$(awk '/^Uid:|^Gid:/ { printf "%s %s %s %s %s ", $1, $2, $3, $4, $5 }' "/proc/$pid/status")
     echo "the process listening on 8002: pid $pid, $(cat "/proc/$pid/comm"): $uids"
+    [ "$(cat "/proc/$pid/comm")" = model-proxy ] || die "what listens on 8002 is not model-proxy"
     [ "$uids" = "Uid: 10001 10001 10001 10001 Gid: 10001 10001 10001 10001 " ] ||
         die "the proxy in the image does not run as 10001:10001 ($uids)"
     code=$(curl -sS --cacert "$work/certs/trusted.crt" -o "$work/healthz" -w '%{http_code}' https://localhost:8002/healthz) || true
@@ -110,6 +113,7 @@ image_inner() {
     kill -TERM "$pid"
     code=0
     wait "$brun" || code=$?
+    pid='' brun=''
     [ "$code" = 0 ] || { tail -n 5 "$work/image.log" >&2; die "the container exited $code on SIGTERM"; }
     echo "SIGTERM: stopped, exit 0; its log:"
     sed 's/^/  /' "$work/image.log"
