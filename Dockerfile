@@ -1,6 +1,8 @@
 # model-proxy in a container: one static binary on an empty (scratch) image.
 #
-#   docker build -t model-proxy .
+#   docker build -t model-proxy .        # from source, for the building machine's architecture
+#   scripts/release.sh                   # the release: linux/amd64 + linux/arm64 from the
+#                                        # binaries in dist/, target "release" below (buildah)
 #   docker run -d --name model-proxy -p 8002:8002 \
 #       -v "$PWD/config:/app/config:ro" \
 #       -v "$PWD/certs:/app/certs:ro" \
@@ -24,27 +26,28 @@
 
 ARG RUST_VERSION=1.95
 
-# ---- build: a static musl binary ----
+# ---- build: a static musl binary for the architecture this stage runs on ----
 FROM rust:${RUST_VERSION}-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools file \
  && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
+ && rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY scripts/build-static.sh ./scripts/build-static.sh
-RUN scripts/build-static.sh
+RUN target="$(uname -m)-unknown-linux-musl" \
+ && scripts/build-static.sh --target "$target" \
+ && mkdir -p /out/bin \
+ && cp "target/$target/release/model-proxy" /out/bin/model-proxy
 # The runtime tree: config and certs are mount points, state is writable by 10001.
 RUN mkdir -p /out/app/config /out/app/certs /out/state \
  && chown 10001:10001 /out/state \
  && chmod 0700 /out/state
 
-# ---- runtime: nothing but the binary (it embeds the Mozilla CA roots) ----
-FROM scratch
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/model-proxy /usr/local/bin/model-proxy
-COPY --from=build /out/app /app
-COPY --from=build --chown=10001:10001 /out/state /app/state
+# ---- runtime: what every image is, whichever way its binary was built ----
+# Nothing but the binary (it embeds the Mozilla CA roots); the stages below add it.
+FROM scratch AS runtime
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8002
@@ -55,3 +58,21 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/model-proxy", "healthcheck", "--url", "https://127.0.0.1:8002/healthz"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/model-proxy", "serve"]
+
+# ---- release: the binaries scripts/release.sh just built and checksummed ----
+# Built only with --target release, from the context scripts/release.sh lays out:
+#   <arch>/model-proxy (amd64, arm64), app/{config,certs}/, app-10001/state/ (0700).
+# app-10001 is copied as a parent because COPY gives a copied directory's own
+# destination mode 0755, but keeps the mode of the directories inside it.
+# Nothing here runs (scratch has no shell), so no emulator is needed for arm64.
+FROM runtime AS release
+ARG TARGETARCH
+COPY app /app
+COPY --chown=10001:10001 app-10001 /app
+COPY ${TARGETARCH}/model-proxy /usr/local/bin/model-proxy
+
+# ---- default: from source ----
+FROM runtime
+COPY --from=build /out/bin/model-proxy /usr/local/bin/model-proxy
+COPY --from=build /out/app /app
+COPY --from=build --chown=10001:10001 /out/state /app/state

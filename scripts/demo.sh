@@ -5,6 +5,9 @@
 #
 #   scripts/demo.sh            # ports: proxy 8002, Orthanc 18042, model 18011
 #   PROXY_PORT=9002 scripts/demo.sh
+#   MODEL_PROXY_BIN=path scripts/demo.sh   # another build instead of target/release
+#                                          # (scripts/release-check.sh: aarch64 under qemu)
+# Exits non-zero unless the model received and decoded every instance of the series.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -16,9 +19,14 @@ SERVER=b1407f18-575d-487c-bc0c-640c6da651bc
 MODEL=1d9508dd-9089-40c3-abdd-15f47120d682
 
 scripts/setup.sh
-echo "== building model-proxy (release)"
-cargo build --release --quiet
-bin=$root/target/release/model-proxy
+if [ -n "${MODEL_PROXY_BIN:-}" ]; then
+    bin=$MODEL_PROXY_BIN
+    echo "== model-proxy: $bin ($("$bin" --version))"
+else
+    echo "== building model-proxy (release)"
+    cargo build --release --quiet
+    bin=$root/target/release/model-proxy
+fi
 
 work=$(mktemp -d /tmp/model-proxy-demo.XXXXXX)
 pids=()
@@ -103,6 +111,18 @@ for sop, r in list(instances.items())[:3]:
 print("  ...")
 PY
 echo "== what the model decoded (its GET /last):"
-curl -sS "http://127.0.0.1:$MODEL_PORT/last" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  %d DICOM instances parsed with pydicom; request body chunked: %s" % (d["count"], d["chunked"]))'
+curl -sS "http://127.0.0.1:$MODEL_PORT/last" > "$work/last.json"
+python3 - "$work/last.json" "$work/manifest.json" "$series" <<'PY'
+import json, sys
+last = json.load(open(sys.argv[1]))
+manifest, series = json.load(open(sys.argv[2])), sys.argv[3]
+print("  %d DICOM instances parsed with pydicom; request body chunked: %s" % (last["count"], last["chunked"]))
+sent = sorted(i["sop"] for i in last["instances"] if i["series"] == series)
+want = sorted(i for s in manifest["studies"][0]["series"] if s["series"] == series for i in s["instances"])
+if last["count"] != len(want) or sent != want:
+    print(f"demo: the model got {last['count']} instances, {len(sent)} of series {series}; "
+          f"the series has {len(want)}", file=sys.stderr)
+    sys.exit(1)
+PY
 echo "== proxy log:"
 tail -n 3 "$work/proxy.log"
