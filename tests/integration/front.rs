@@ -520,12 +520,19 @@ fn an_answer_broken_off_mid_body_closes_the_client_connection() {
             "{model}: looks complete: {body:?}"
         );
     }
+    // The access line is written once the server has finished with the request,
+    // which may be a moment after the client saw its connection close.
+    let cut = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains(" 502 ") && l.contains("error=model_unreachable"))
+            .count()
+    };
+    let until = Instant::now() + PATIENCE;
+    while cut(&p.logs()) < 2 && Instant::now() < until {
+        thread::sleep(Duration::from_millis(50));
+    }
     let logs = p.logs();
-    let cut: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains(" 502 ") && l.contains("error=model_unreachable"))
-        .collect();
-    assert_eq!(cut.len(), 2, "{logs}");
+    assert_eq!(cut(&logs), 2, "{logs}");
     let metrics = p.get("/metrics").body;
     assert!(
         metrics.contains("status=\"502\",model=\"ed9508dd"),
