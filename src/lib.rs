@@ -24,8 +24,10 @@
 //!   pacs.rs        WADO-RS client (auth, retries before the first byte, 406, empty answers)
 //!   redirect.rs    Location resolution, hop limit, credentials only to the same origin
 //!   multipart.rs   streaming multipart/related parser
-//!   payload.rs     the zhiva payload encoder, as a Read
-//!   model.rs       the model client: post, spool, per-model concurrency
+//!   payload/       the model's body: layout (the six model types), encode (scalar and
+//!                  SSSE3), reader (the state machine), pipeline (its own thread)
+//!   model/         the model client: post, spool, per-model concurrency; http (the
+//!                  HTTP/1.1 exchange, written by hand over pooled connections)
 //!   inference.rs   plan -> fetch -> encode -> post -> relay
 //!   auth/          PACS credentials: facade -> tokens (state machine) -> service
 //!                  (auth service calls), jwt (timing), store (0600 files), basic
@@ -36,7 +38,8 @@
 //!                  one writer: CORS, access log, metrics)
 //!   front.rs       the public listener: rustls (or plain) in front of tiny_http
 //!   trust.rs       upstream TLS verification (roots, CA file, pinning)
-//!   upstream.rs    one ureq agent per kind of upstream, with its timeouts
+//!   upstream.rs    a ureq agent per kind of upstream, with its timeouts; the model
+//!                  connections (plain or TLS) and their keep-alive pool
 //!   state.rs       App (the shared state), Options, StateDir
 //!   error.rs       Code (the closed set of error codes) and ProxyError
 //!   metrics.rs     Prometheus counters and histograms
@@ -46,7 +49,7 @@
 //! The library exposes only [`run`] (the whole program, for `main.rs`) and
 //! [`parsers`] (the code that faces untrusted input, for the fuzz targets).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod auth;
 mod cli;
@@ -84,7 +87,7 @@ pub mod parsers {
     pub use crate::error::Code;
     pub use crate::ids::{is_dicom_uid, is_uuid};
     pub use crate::multipart::{boundary, find, Multipart};
-    pub use crate::payload::encode_bytes;
+    pub use crate::payload::encode::{encode_bytes, encode_into, encode_scalar};
     pub use crate::routing::{route, Page, Route};
 }
 
