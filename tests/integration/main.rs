@@ -15,3 +15,4 @@ mod fuzz_regressions;
 mod inference;
 mod process;
 mod tls;
+mod upload;
