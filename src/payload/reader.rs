@@ -1,11 +1,11 @@
 //! The payload as a state machine over the PACS streams: [`PayloadReader`] runs
 //! a layout's ops, pulls DICOM parts from WADO-RS multipart responses and writes
 //! the body straight into the caller's buffer (encoded for JSON, as is for
-//! multipart). Its only buffers are fixed: a scratch for DICOM bytes read but not
-//! yet encoded, and, for callers reading less than [`DIRECT`] bytes at a time,
-//! one output buffer of [`OUT_CAP`] that is refilled only once it is empty.
+//! multipart), JSON encoded straight from the multipart parser's buffer. Its
+//! only buffer of its own is, for callers reading less than [`DIRECT`] bytes at
+//! a time, one output buffer of [`OUT_CAP`] that is refilled only once it is empty.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use super::encode::{encode_first, encode_into, MAX_EXPANSION};
 use super::layout::{compile, Format, Layout, Op};
@@ -13,9 +13,6 @@ use super::Source;
 use crate::error::{self, Code, ProxyError, Upstream};
 use crate::ids::describe_path;
 use crate::multipart::{Multipart, MultipartError};
-
-/// DICOM bytes read from the PACS at a time, before encoding.
-const SCRATCH: usize = 64 * 1024;
 
 /// A read into a buffer at least this large is written in place, with no copy.
 pub const DIRECT: usize = 4096;
@@ -51,10 +48,6 @@ pub struct PayloadReader<S: Source> {
     /// Structural text (brackets, keys, part headers) not yet written out.
     text: Vec<u8>,
     text_pos: usize,
-    /// DICOM bytes read from the PACS, `scratch[scratch_pos..scratch_len]` not yet encoded.
-    scratch: Vec<u8>,
-    scratch_pos: usize,
-    scratch_len: usize,
     /// Output made for small reads, `out[out_pos..out_len]` not yet handed out.
     out: Vec<u8>,
     out_pos: usize,
@@ -74,10 +67,6 @@ impl<S: Source> PayloadReader<S> {
     pub fn new(source: S, layout: &Layout, format: Format) -> Self {
         let mut ops = Vec::new();
         compile(layout, &format, &mut ops);
-        let scratch = match format {
-            Format::Json => vec![0; SCRATCH],
-            Format::Multipart(_) => Vec::new(),
-        };
         PayloadReader {
             source,
             ops,
@@ -90,9 +79,6 @@ impl<S: Source> PayloadReader<S> {
             step: Step::NextOp,
             text: Vec::new(),
             text_pos: 0,
-            scratch,
-            scratch_pos: 0,
-            scratch_len: 0,
             out: Vec::new(),
             out_pos: 0,
             out_len: 0,
@@ -112,10 +98,10 @@ impl<S: Source> PayloadReader<S> {
         Ok(())
     }
 
-    /// The bytes the reader holds for itself (scratch and output buffer), for the caps' tests.
+    /// The bytes the reader holds for itself (output buffer and text), for the caps' tests.
     #[cfg(test)]
     pub fn buffered(&self) -> usize {
-        self.scratch.capacity() + self.out.capacity() + self.text.capacity()
+        self.out.capacity() + self.text.capacity()
     }
 
     /// Writes the next part of the body into `dst` (at least 4 bytes), as much
@@ -244,47 +230,44 @@ impl<S: Source> PayloadReader<S> {
     }
 
     /// Writes the next piece of the current part into `dst` (at least 4 bytes);
-    /// at the part's end, leaves its closing text and moves on.
+    /// at the part's end, leaves its closing text and moves on. JSON is encoded
+    /// straight from the multipart parser's buffer.
     fn in_part(&mut self, first_byte: bool, dst: &mut [u8]) -> Result<usize, ProxyError> {
         let Some(mp) = self.current.as_mut() else {
             return Err(ProxyError::internal("payload lost its PACS stream"));
         };
-        let multipart = matches!(self.format, Format::Multipart(_));
-        if self.scratch_pos == self.scratch_len {
-            // Multipart parts go straight into the output, JSON through the scratch.
-            let into = if multipart {
-                &mut *dst
-            } else {
-                &mut self.scratch[..]
-            };
-            let got = mp.read(into).map_err(pacs_read_error)?;
-            self.dicom_bytes += got as u64;
-            if got == 0 {
-                self.text
-                    .extend_from_slice(if multipart { b"\r\n" } else { b"]\"" });
-                self.step = Step::NextPart;
-                return Ok(0);
+        let (read, written) = match self.format {
+            Format::Multipart(_) => {
+                let n = mp.read(dst).map_err(pacs_read_error)?;
+                (n, n)
             }
-            if multipart {
-                return Ok(got);
+            Format::Json => {
+                let input = mp.fill_buf().map_err(pacs_read_error)?;
+                let mut n = 0;
+                let mut taken = 0;
+                if first_byte && !input.is_empty() {
+                    let mut first = [0u8; 3];
+                    n = encode_first(input[0], &mut first);
+                    dst[..n].copy_from_slice(&first[..n]);
+                    taken = 1;
+                }
+                let take = (input.len() - taken).min((dst.len() - n) / MAX_EXPANSION);
+                n += encode_into(&input[taken..taken + take], &mut dst[n..]);
+                let read = taken + take;
+                mp.consume(read);
+                (read, n)
             }
-            (self.scratch_pos, self.scratch_len) = (0, got);
-        }
-        let mut n = 0;
-        let mut input = &self.scratch[self.scratch_pos..self.scratch_len];
-        if first_byte {
-            let mut first = [0u8; 3];
-            let k = encode_first(input[0], &mut first);
-            dst[..k].copy_from_slice(&first[..k]);
-            n = k;
-            input = &input[1..];
-            self.scratch_pos += 1;
+        };
+        self.dicom_bytes += read as u64;
+        if read == 0 {
+            let multipart = matches!(self.format, Format::Multipart(_));
+            self.text
+                .extend_from_slice(if multipart { b"\r\n" } else { b"]\"" });
+            self.step = Step::NextPart;
+        } else if first_byte {
             self.step = Step::InPart { first_byte: false };
         }
-        let take = input.len().min((dst.len() - n) / MAX_EXPANSION);
-        n += encode_into(&input[..take], &mut dst[n..]);
-        self.scratch_pos += take;
-        Ok(n)
+        Ok(written)
     }
 
     /// The path of the op being read.
