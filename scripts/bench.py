@@ -32,7 +32,8 @@ mode at 300 and 600 slices; 8 concurrent 300-slice inferences (wall time
 against 8 times one alone, errors, peak RSS, /healthz latency meanwhile);
 small inferences at concurrency 16 through the proxy against the same clients
 going direct (WADO-RS retrieval + POST of the same payload, keep-alive to the
-model) to the pydicom model.
+model) to the pydicom model, in steady state (each window's first inferences
+per client are not measured).
 
 Every process it starts has its pid appended to DIR/pids (bench.sh's trap
 kills them if this script dies); they are also stopped in a finally block.
@@ -84,6 +85,8 @@ T_SMALL_P50_MS = 1.0
 T_HEALTHZ_P99_MS = 10.0
 # "Flat": the 600-slice peak at most this much above the 300-slice one.
 FLAT_MIB = 2.0
+# Small inferences each client makes at the start of a window, not measured (steady state only).
+SMALL_WARMUP = 2
 
 
 # ---------------------------------------------------------------- small helpers
@@ -636,12 +639,14 @@ class Bench:
         a = self.a
         n = a.small_rounds * a.small_per_round * 16
         log(f"\n== small series (20 x 128²) at concurrency 16 against the pydicom model (listen backlog 5): "
-            f"{a.small_rounds} rounds each way, interleaved, {a.small_per_round} inferences per client per round "
-            f"({n} each way)")
+            f"{a.small_rounds} windows each way, interleaved; in each, every client makes {SMALL_WARMUP} "
+            f"unmeasured inferences, then {a.small_per_round} measured ({n} measured each way)")
         s = self.series["small"]
         want_sops = len(s["files"])
         direct_path = self.direct_url("small").split(str(self.orthanc_port), 1)[1]
         proxy_path = self.proxy_path("small", REAL)
+        # The direct clients' keep-alive connections to the model, kept across windows.
+        model_conns = [None] * 16
 
         def check(status, body):
             if status != 200:
@@ -649,61 +654,74 @@ class Bench:
             v = json.loads(body)
             return len(v[s["study"]][s["series"]]) == want_sops + 1
 
-        def direct_client(out, errs, barrier):
-            model = None
-            barrier.wait()
-            for _ in range(a.small_per_round):
-                t0 = time.perf_counter()
+        def post_model(k):
+            """POST the payload on client k's kept-alive connection (reconnecting once if
+            the model closed it meanwhile, as HTTP client libraries do)."""
+            for attempt in (0, 1):
+                if model_conns[k] is None:
+                    model_conns[k] = http.client.HTTPConnection("127.0.0.1", self.real_port, timeout=120)
                 try:
-                    c = http.client.HTTPConnection("127.0.0.1", self.orthanc_port, timeout=120)
-                    c.request("GET", direct_path, headers={"Accept": ACCEPT})
-                    r = c.getresponse()
-                    r.read()
-                    c.close()
-                    if r.status != 200:
-                        raise RuntimeError(f"PACS {r.status}")
-                    if model is None:
-                        model = http.client.HTTPConnection("127.0.0.1", self.real_port, timeout=120)
-                    model.request("POST", "/segmentation", body=self.small_payload,
-                                  headers={"Content-Type": "application/json"})
-                    r = model.getresponse()
-                    ok = check(r.status, r.read())
-                except Exception:
-                    ok, model = False, None
-                (out if ok else errs).append((time.perf_counter() - t0) * 1000)
+                    model_conns[k].request("POST", "/segmentation", body=self.small_payload,
+                                           headers={"Content-Type": "application/json"})
+                    r = model_conns[k].getresponse()
+                    return r.status, r.read()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    model_conns[k] = None
+                    if attempt:
+                        raise
 
-        def proxy_client(out, errs, barrier):
-            conn = None
-            barrier.wait()
-            for _ in range(a.small_per_round):
-                t0 = time.perf_counter()
+        def direct_once(k, _conn):
+            c = http.client.HTTPConnection("127.0.0.1", self.orthanc_port, timeout=120)
+            c.request("GET", direct_path, headers={"Accept": ACCEPT})
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status != 200:
+                raise RuntimeError(f"PACS {r.status}")
+            return check(*post_model(k)), None
+
+        def proxy_once(_k, conn):
+            for attempt in (0, 1):
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.proxy_port, timeout=120)
                 try:
-                    if conn is None:
-                        conn = http.client.HTTPConnection("127.0.0.1", self.proxy_port, timeout=120)
                     conn.request("GET", proxy_path)
                     r = conn.getresponse()
-                    ok = check(r.status, r.read())
-                except Exception:
-                    ok, conn = False, None
-                (out if ok else errs).append((time.perf_counter() - t0) * 1000)
+                    return check(r.status, r.read()), conn
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    conn = None
+                    if attempt:
+                        raise
 
-        def round_(client):
+        def window(once):
             out, errs = [], []
             barrier = threading.Barrier(16)
-            threads = [threading.Thread(target=client, args=(out, errs, barrier)) for _ in range(16)]
+
+            def client(k):
+                conn = None
+                barrier.wait()
+                for i in range(SMALL_WARMUP + a.small_per_round):
+                    t0 = time.perf_counter()
+                    try:
+                        ok, conn = once(k, conn)
+                    except Exception:
+                        ok, conn = False, None
+                    if i >= SMALL_WARMUP:
+                        (out if ok else errs).append((time.perf_counter() - t0) * 1000)
+
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             return out, errs
 
-        round_(proxy_client)  # warm-up: connections, the model's first decodes
         res = {"direct": [[], 0], "proxy": [[], 0]}
         reset_hwm(self.pid["proxy"])
         for i in range(a.small_rounds):
-            for name, client in (("direct", direct_client), ("proxy", proxy_client)) if i % 2 == 0 else \
-                    (("proxy", proxy_client), ("direct", direct_client)):
-                out, errs = round_(client)
+            order = (("direct", direct_once), ("proxy", proxy_once))
+            for name, once in order if i % 2 else order[::-1]:
+                out, errs = window(once)
                 res[name][0] += out
                 res[name][1] += len(errs)
         self.small = res
@@ -892,8 +910,9 @@ def main(argv=None):
     r.add_argument("--markdown", metavar="FILE", help="also write the Markdown block to FILE")
     r.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the payload modes (medians)")
     r.add_argument("--conc-reps", type=int, default=3, help="repetitions of the 8 concurrent inferences")
-    r.add_argument("--small-rounds", type=int, default=4, help="rounds of small inferences, each way")
-    r.add_argument("--small-per-round", type=int, default=5, help="small inferences per client per round")
+    r.add_argument("--small-rounds", type=int, default=4, help="windows of small inferences, each way")
+    r.add_argument("--small-per-round", type=int, default=5,
+                   help="measured small inferences per client per window")
     r.add_argument("--quiet-load", type=float, default=1.5, help="a load average under this counts as quiet")
     r.add_argument("--wait-quiet", type=float, default=0, metavar="SECS",
                    help="wait up to SECS for a quiet machine before measuring")

@@ -57,10 +57,14 @@ const IDLE_PER_HOST: usize = 32;
 /// Idle connections kept in all, per agent or pool.
 const IDLE_TOTAL: usize = 128;
 
-/// How long an idle connection is kept: under the keep-alive timeouts servers
-/// commonly use (Orthanc 1 s, gunicorn 2 s, uvicorn and Node 5 s), so one is
-/// not reused just as the server closes it.
+/// How long an idle PACS connection is kept: Orthanc closes them after 1 s, and
+/// one reused just as the server closes it fails the request.
 const IDLE_AGE: Duration = Duration::from_millis(500);
+
+/// The same for models: half the shortest keep-alive timeout model servers
+/// commonly use (gunicorn 2 s; uvicorn and Node 5 s). A pooled connection is
+/// also checked for a close from the server before each reuse.
+const MODEL_IDLE_AGE: Duration = Duration::from_secs(1);
 
 /// The agents for PACS, models and health probes.
 #[derive(Clone)]
@@ -93,7 +97,7 @@ impl Agents {
         let dialer = Dialer {
             tls: tls.clone(),
             connect: t.connect,
-            pool: Arc::new(Pool::new(IDLE_PER_HOST, IDLE_TOTAL, IDLE_AGE)),
+            pool: Arc::new(Pool::new(IDLE_PER_HOST, IDLE_TOTAL, MODEL_IDLE_AGE)),
         };
         Ok(Agents {
             pacs: agent(pacs),
