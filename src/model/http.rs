@@ -32,6 +32,9 @@ const READ_BUF: usize = 16 * 1024;
 /// The longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 8 * 1024;
 
+/// How long an answer is waited for once the request could not be sent whole.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
 /// Bytes per `sendfile` call, so the total deadline is checked between them.
 const SENDFILE_SLICE: u64 = 8 << 20;
 
@@ -122,6 +125,10 @@ impl Client {
             Err(Unsent::Io(e)) => Some(e),
         };
         let sent_whole = failed.is_none();
+        if !sent_whole {
+            // An early answer is already here; a model that just stopped is not waited for again.
+            incoming.clock.silence = incoming.clock.silence.min(EARLY_ANSWER_WAIT);
+        }
         let head = match (incoming.answer_head(), failed) {
             (Ok(h), _) => h,
             (Err(_), Some(e)) => return Err(transport(e)),
@@ -948,6 +955,29 @@ mod tests {
             1,
             "the model saw a cut body"
         );
+    }
+
+    /// A model that answers without taking the body (a 413) gets its answer
+    /// relayed, not "could not be reached".
+    #[test]
+    fn an_answer_before_the_body_is_taken_is_the_answer() {
+        let m = model(|_, s| {
+            let mut r = BufReader::new(&s);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok() && line != "\r\n" {
+                line.clear();
+            }
+            let _ = (&s).write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+            );
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            std::thread::sleep(secs(10));
+        });
+        let c = client(Duration::from_millis(500), secs(30));
+        let data = vec![b'1'; 40 << 20];
+        let started = Instant::now();
+        assert_eq!(post(&c, &m.url, &data).unwrap(), (413, "big!".into()));
+        assert!(started.elapsed() < secs(5));
     }
 
     #[test]
