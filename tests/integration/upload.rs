@@ -19,10 +19,18 @@ impl Drop for Running {
     }
 }
 
+/// Runs `cmd` to its end; its stdout, or a panic with its stderr.
+fn succeed(mut cmd: Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed: {err}");
+    out.stdout
+}
+
 /// `gen_study.py` at full CT size: one study of one series of `slices` 512x512 slices.
 fn big_series(dir: &Path, slices: usize, seed: u32) -> (String, String) {
-    let out = Command::new("python3")
-        .arg(fixtures().join("gen_study.py"))
+    let mut gen = Command::new("python3");
+    gen.arg(fixtures().join("gen_study.py"))
         .args([
             "--out",
             dir.to_str().unwrap(),
@@ -31,15 +39,9 @@ fn big_series(dir: &Path, slices: usize, seed: u32) -> (String, String) {
             "--size",
             "512",
         ])
-        .args(["--slices", &slices.to_string(), "--seed", &seed.to_string()])
-        .output()
-        .expect("gen_study.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .args(["--slices", &slices.to_string(), "--seed", &seed.to_string()]);
+    let stdout = succeed(gen);
+    let v: Value = serde_json::from_slice(&stdout).unwrap();
     let s = &v["studies"][0];
     (
         s["study"].as_str().unwrap().to_string(),
@@ -57,17 +59,11 @@ fn orthanc(dir: &Path, data: &Path) -> (Running, String) {
         .stderr(Stdio::null());
     let running = Running(c.spawn().expect("orthanc.py"));
     let url = format!("http://127.0.0.1:{port}");
-    let up = Command::new("python3")
-        .arg(fixtures().join("orthanc.py"))
+    let mut up = Command::new("python3");
+    up.arg(fixtures().join("orthanc.py"))
         .args(["upload", "--wait", "60", "--url", &url])
-        .arg(data)
-        .output()
-        .expect("orthanc.py upload");
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+        .arg(data);
+    succeed(up);
     (running, format!("{url}/dicom-web"))
 }
 
