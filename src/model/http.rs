@@ -4,7 +4,7 @@
 //! buffer, then into its output buffer with the chunk framing), which for a
 //! zhiva payload (three times the DICOM size) was a sixth of the request
 //! thread's time. Here a chunk's header, the payload block and its CRLF go out
-//! in one `writev`, and a spooled body goes out with `sendfile`. The answer's
+//! in one `writev`, and a spooled body a block per write. The answer's
 //! head is parsed here too (status, headers, body framing), and its body is
 //! handed out as a `Read` for relaying; once read to its end, the connection
 //! goes back to the pool.
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{self, ProxyError, Upstream};
 use crate::ids::redact_uri;
+use crate::payload::pipeline::BLOCK;
 use crate::payload::Blocks;
 use crate::upstream::{Conn, Dialer, Origin, Pool, USER_AGENT};
 
@@ -35,9 +36,6 @@ const MAX_LINE: usize = 8 * 1024;
 /// How long an answer is waited for once the request could not be sent whole.
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
-/// Bytes per `sendfile` call, so the total deadline is checked between them.
-const SENDFILE_SLICE: u64 = 8 << 20;
-
 /// Posts to models.
 #[derive(Clone)]
 pub struct Client {
@@ -50,7 +48,7 @@ pub struct Client {
 pub enum Upload<'a> {
     /// Streamed from the payload pipeline, chunked.
     Blocks(&'a mut Blocks),
-    /// A spooled file of this length, sized.
+    /// A spooled file of this length (read from where it is), sized.
     File(&'a mut File, u64),
 }
 
@@ -212,8 +210,8 @@ fn send_chunked(
     Ok(())
 }
 
-/// The head, then the file: by `sendfile` on plain TCP (no copy through us),
-/// through rustls in blocks on TLS.
+/// The head, then the file, a block per write (std's `io::copy` does not
+/// `sendfile` a file to a socket, and `sendfile` itself would need unsafe FFI).
 fn send_file(
     conn: &mut Conn,
     clock: &Clock,
@@ -221,35 +219,26 @@ fn send_file(
     file: &mut File,
     len: u64,
 ) -> Result<(), Unsent> {
-    write_all(conn, clock, &mut [IoSlice::new(head)])?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut head = Some(head);
     let mut left = len;
-    let mut buf = Vec::new();
     while left > 0 {
-        clock.arm_write(conn)?;
-        let slice = (&mut *file).take(left.min(SENDFILE_SLICE));
-        let n = match conn {
-            Conn::Plain(tcp) => io::copy(&mut { slice }, tcp)?,
-            Conn::Tls(_) => {
-                buf.resize(crate::payload::pipeline::BLOCK, 0);
-                let mut slice = slice;
-                let mut n = 0;
-                loop {
-                    let got = slice.read(&mut buf)?;
-                    if got == 0 {
-                        break n;
-                    }
-                    write_all(conn, clock, &mut [IoSlice::new(&buf[..got])])?;
-                    n += got as u64;
-                }
-            }
-        };
-        if n == 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = file.read(&mut buf[..want])?;
+        if got == 0 {
             return Err(Unsent::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the spooled request is shorter than its length",
             )));
         }
-        left -= n;
+        let mut parts = Vec::with_capacity(2);
+        parts.extend(head.take().map(IoSlice::new));
+        parts.push(IoSlice::new(&buf[..got]));
+        write_all(conn, clock, &mut parts)?;
+        left -= got as u64;
+    }
+    if let Some(h) = head {
+        write_all(conn, clock, &mut [IoSlice::new(h)])?;
     }
     conn.flush()?;
     Ok(())
