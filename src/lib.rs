@@ -87,7 +87,9 @@ pub mod parsers {
     pub use crate::error::Code;
     pub use crate::ids::{is_dicom_uid, is_uuid};
     pub use crate::multipart::{boundary, find, Multipart};
-    pub use crate::payload::encode::{encode_bytes, encode_into, encode_scalar};
+    pub use crate::payload::encode::{
+        encode_at, encode_bytes, encode_into, encode_scalar, Level, LEVELS,
+    };
     pub use crate::routing::{route, Page, Route};
 }
 

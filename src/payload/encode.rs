@@ -1,11 +1,12 @@
 //! DICOM bytes as the decimals of a JSON array: `,0,9,255`. The hot loop of the
 //! zhiva payload (each input byte becomes 2-4 output bytes), so it writes into a
 //! caller's buffer that is already large enough: no zero-filling, no growing.
-//! [`encode_into`] takes the SSSE3 version when the CPU has it, else the
-//! table-driven [`encode_scalar`]; both give the same bytes (tested against each
-//! other, and fuzzed).
+//! [`encode_into`] takes the best SIMD version the CPU has (AVX2, SSSE3), else
+//! the table-driven [`encode_scalar`]; all give the same bytes (tested against
+//! each other, and fuzzed).
 
 use super::simd;
+pub use simd::{Level, LEVELS};
 
 /// Output bytes per input byte, at most (`,255`).
 pub const MAX_EXPANSION: usize = 4;
@@ -47,6 +48,19 @@ pub fn encode_into(src: &[u8], dst: &mut [u8]) -> usize {
     );
     let (read, written) = simd::encode(src, dst).unwrap_or((0, 0));
     written + encode_scalar(&src[read..], &mut dst[written..])
+}
+
+/// [`encode_into`] at one SIMD `level` (`None`: scalar); `None` if the CPU does not have it.
+pub fn encode_at(level: Option<Level>, src: &[u8], dst: &mut [u8]) -> Option<usize> {
+    assert!(
+        dst.len() >= src.len() * MAX_EXPANSION,
+        "encode_at: dst too short"
+    );
+    let (read, written) = match level {
+        Some(l) => simd::encode_at(l, src, dst)?,
+        None => (0, 0),
+    };
+    Some(written + encode_scalar(&src[read..], &mut dst[written..]))
 }
 
 /// [`encode_into`] without SIMD: one table load and one 4-byte store per byte.
@@ -118,58 +132,85 @@ mod tests {
 
     #[test]
     fn every_byte_value_and_its_neighbours() {
-        // Each value at every position of a 16-byte SIMD lane, beside every class of digit count.
-        for b in 0..=255u8 {
-            for (i, other) in [0u8, 9, 10, 99, 100, 255].into_iter().enumerate() {
-                let mut src = vec![other; 40];
-                src[i * 5 % 16] = b;
-                src[16 + (b as usize % 16)] = b;
-                let mut dst = vec![0u8; src.len() * 4];
-                let n = encode_into(&src, &mut dst);
-                assert_eq!(dst[..n], expected(&src)[..], "byte {b} among {other}s");
+        // Each value at many positions of the SIMD steps, beside every class of digit count.
+        let mut levels: Vec<Option<Level>> = levels().into_iter().map(Some).collect();
+        levels.push(None);
+        for level in levels {
+            for b in 0..=255u8 {
+                for (i, other) in [0u8, 9, 10, 99, 100, 255].into_iter().enumerate() {
+                    let mut src = vec![other; 72];
+                    src[i * 5 % 32] = b;
+                    src[32 + (b as usize % 32)] = b;
+                    let mut dst = vec![0u8; src.len() * 4];
+                    let n = encode_at(level, &src, &mut dst).unwrap();
+                    assert_eq!(
+                        dst[..n],
+                        expected(&src)[..],
+                        "{level:?}: {b} among {other}s"
+                    );
+                }
             }
         }
     }
 
-    /// The property test: SIMD (when the CPU has it) and scalar agree on random
-    /// bytes of every length and alignment, and both are the reference text.
+    /// Every SIMD level this CPU has.
+    fn levels() -> Vec<Level> {
+        let levels: Vec<Level> = LEVELS
+            .into_iter()
+            .filter(|l| simd::encode_at(*l, &[], &mut []).is_some())
+            .collect();
+        if levels.is_empty() {
+            eprintln!("no SIMD on this CPU: only the scalar encoder is tested");
+        }
+        levels
+    }
+
+    /// The property test: every SIMD level the CPU has agrees with the scalar
+    /// encoder on random bytes of every length and alignment, and all are the
+    /// reference text.
     #[test]
     fn simd_and_scalar_agree_on_random_bytes() {
-        for seed in 1..400u64 {
-            let len = (seed as usize * 37) % 1500;
-            let skew = seed as usize % 7;
-            let src = noise(seed, len + skew);
-            let src = &src[skew..];
-            let mut a = vec![0u8; src.len() * 4];
-            let mut b = vec![0xAAu8; src.len() * 4];
-            let na = encode_into(src, &mut a);
-            let nb = encode_scalar(src, &mut b);
-            assert_eq!(a[..na], b[..nb], "seed {seed}");
-            assert_eq!(a[..na], expected(src)[..], "seed {seed}");
-        }
-        // CT-like data: small values, long runs.
         let ct: Vec<u8> = noise(7, 100_000)
             .iter()
             .enumerate()
             .map(|(i, b)| if i % 2 == 1 { b & 3 } else { *b })
             .collect();
-        let mut a = vec![0u8; ct.len() * 4];
-        let mut b = vec![0u8; ct.len() * 4];
-        let (na, nb) = (encode_into(&ct, &mut a), encode_scalar(&ct, &mut b));
-        assert_eq!(a[..na], b[..nb]);
+        for level in levels() {
+            for seed in 1..400u64 {
+                let len = (seed as usize * 37) % 1500;
+                let skew = seed as usize % 7;
+                let src = noise(seed, len + skew);
+                let src = &src[skew..];
+                let mut a = vec![0u8; src.len() * 4];
+                let mut b = vec![0xAAu8; src.len() * 4];
+                let na = encode_at(Some(level), src, &mut a).unwrap();
+                let nb = encode_scalar(src, &mut b);
+                assert_eq!(a[..na], b[..nb], "{level:?} seed {seed}");
+                assert_eq!(a[..na], expected(src)[..], "{level:?} seed {seed}");
+            }
+            // CT-like data: small values, long runs.
+            let mut a = vec![0u8; ct.len() * 4];
+            let mut b = vec![0u8; ct.len() * 4];
+            let na = encode_at(Some(level), &ct, &mut a).unwrap();
+            let nb = encode_scalar(&ct, &mut b);
+            assert_eq!(a[..na], b[..nb], "{level:?}");
+        }
     }
 
     #[test]
-    fn the_simd_path_is_taken_where_available() {
-        let src = noise(3, 64);
-        let mut dst = vec![0u8; 256];
-        match simd::encode(&src, &mut dst) {
-            Some((read, written)) => {
-                assert_eq!(read, 64);
-                assert_eq!(dst[..written], expected(&src)[..]);
+    fn each_simd_level_takes_its_whole_steps() {
+        let src = noise(3, 64 + 17);
+        for (level, step) in [(Level::Avx2, 32), (Level::Ssse3, 16)] {
+            let mut dst = vec![0u8; src.len() * 4];
+            if let Some((read, written)) = simd::encode_at(level, &src, &mut dst) {
+                assert_eq!(read, src.len() / step * step, "{level:?}");
+                assert_eq!(dst[..written], expected(&src[..read])[..], "{level:?}");
             }
-            None => eprintln!("no SSSE3 on this CPU: only the scalar encoder was tested"),
         }
+        assert_eq!(
+            simd::encode(&src, &mut vec![0u8; 400]).is_some(),
+            !levels().is_empty()
+        );
     }
 
     #[test]
