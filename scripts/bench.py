@@ -162,6 +162,13 @@ def loadavg():
     return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
 
 
+def machine_busy():
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat)."""
+    f = open("/proc/stat").readline().split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK
+
+
 def curl(args, out="/dev/null"):
     """Runs curl; returns (http_code, size_download, time_total seconds, stderr)."""
     cmd = ["curl", "-sS", "-o", out, "-w", "%{http_code} %{size_download} %{time_total}"] + args
@@ -568,6 +575,7 @@ class Bench:
         L = {"pacs": [], "ingest_zhiva": [], "ingest_multipart": [], "spool_write": []}
         R = {(n, m): [] for n in ("big", "huge") for m in MODES.values()}
         for i in range(a.reps):
+            busy0, ours0 = machine_busy(), self.ours()
             L["pacs"].append(self.pacs("big"))
             L["ingest_zhiva"].append(self.ingest(big["payload"], big["payload_bytes"]))
             R["big", "zhiva"].append(self.through_proxy("big", ZHIVA))
@@ -577,7 +585,8 @@ class Bench:
             R["big", "spooled"].append(self.through_proxy("big", SPOOL))
             for m, mode in MODES.items():
                 R["huge", mode].append(self.through_proxy("huge", m))
-            log(f"   rep {i + 1}: PACS {L['pacs'][-1]:.3f} s, ingest zhiva {L['ingest_zhiva'][-1]:.3f} s / "
+            others = machine_busy() - busy0 - (self.ours() - ours0)
+            log(f"   rep {i + 1} (other processes {max(0.0, others):.2f} CPU-s): PACS {L['pacs'][-1]:.3f} s, ingest zhiva {L['ingest_zhiva'][-1]:.3f} s / "
                 f"multipart {L['ingest_multipart'][-1]:.3f} s, spool write {L['spool_write'][-1]:.3f} s; proxy " +
                 ", ".join(f"{mode} {R['big', mode][-1]['t']:.3f} s ({R['big', mode][-1]['hwm']:.1f} MiB)"
                           for mode in MODES.values()) +
@@ -838,7 +847,9 @@ class Bench:
 
         md = [f"### Benchmark {h['date']}, commit {h['commit']}", "",
               f"Machine: {h['machine']}; {h['kernel']}; load average {self.load_before[0]:.2f} before the "
-              f"measurements, {self.load_after[0]:.2f} (1 min) / {self.load_after[1]:.2f} (5 min) at their end. "
+              f"measurements, {self.load_after[0]:.2f} (1 min) / {self.load_after[1]:.2f} (5 min) at their end; "
+              f"other processes used {self.others[0]:.0f} CPU-s of the {self.others[1]:.0f} s they took "
+              f"({self.others[0] / self.others[1] / (os.cpu_count() or 1):.0%} of the machine). "
               f"Loopback: model-proxy over plain HTTP (`--no-tls`), {self.workers} workers; Orthanc "
               f"{self.orthanc_version} + DICOMweb (tests/fixtures/orthanc.py); the counting model of "
               f"`scripts/bench.py`; the pydicom model tests/fixtures/model_api.py (Python {platform.python_version()}). "
@@ -852,7 +863,8 @@ class Bench:
 
         log("\n================ summary ================")
         log(f"date {h['date']}; machine {h['machine']}; {h['kernel']}; commit {h['commit']}; load average "
-            f"before {self.load_before}, after {self.load_after}")
+            f"before {self.load_before}, after {self.load_after}; other processes {self.others[0]:.1f} CPU-s "
+            f"in {self.others[1]:.0f} s")
         for r in rows:
             log(f"  {r[0]:<72} {r[1]:>18}  vs {r[2]}  ({r[3]})  target {r[4]}: {r[5].strip('*')}")
         log("  context:")
@@ -877,15 +889,30 @@ class Bench:
         if loadavg()[0] >= a.quiet_load:
             log(f"bench: warning: load average {loadavg()[0]:.2f}; other work will skew the numbers")
 
+    def ours(self):
+        """CPU seconds of this benchmark's processes: the ones it started, itself and
+        its finished children (curl, pollers)."""
+        total = 0.0
+        for p in self.procs.values():
+            try:
+                total += cpu_seconds(p.pid)
+            except OSError:
+                pass
+        t = os.times()
+        return total + t.user + t.system + t.children_user + t.children_system
+
     def run(self):
         t0 = time.time()
         self.setup()
         self.wait_quiet()
         self.load_before = loadavg()
+        busy0, ours0, wall0 = machine_busy(), self.ours(), time.time()
         self.phase_modes()
         self.phase_concurrent()
         self.phase_small()
         self.load_after = loadavg()
+        wall = time.time() - wall0
+        self.others = (max(0.0, machine_busy() - busy0 - (self.ours() - ours0)), wall)
         if self.procs["proxy"].poll() is not None:
             raise SystemExit("bench: the proxy died during the run")
         log(f"\n== took {time.time() - t0:.0f} s")
