@@ -107,10 +107,16 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n distinct ports nothing listens on (all bound at once, so none is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def http_get(url, timeout=5):
@@ -420,8 +426,7 @@ class Bench:
 
     def setup(self):
         w = self.work
-        self.orthanc_port, self.count_port, self.real_port, self.proxy_port, self.control_port = (
-            free_port() for _ in range(5))
+        self.orthanc_port, self.count_port, self.real_port, self.proxy_port, self.control_port = free_ports(5)
         log(f"== work dir {w}; ports: proxy {self.proxy_port}, Orthanc {self.orthanc_port}, "
             f"counting model {self.count_port}, pydicom model {self.real_port}")
         gens = {}
