@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The performance benchmark of issue 11, in one run: Orthanc with DICOMweb
 # (tests/fixtures/orthanc.py) holding generated CT series (300 and 600 slices of
-# 512x512, 20 slices of 128x128), a fast counting model API and the pydicom one
-# (tests/fixtures/model_api.py, listen backlog 5), and model-proxy over plain
+# 512x512, 20 slices of 128x128), a fast counting model API and the tests' model
+# API (tests/fixtures/model_api.py, listen backlog 5), and model-proxy over plain
 # HTTP (--no-tls) on loopback. Times each payload mode (zhiva, multipart,
 # contentLength) against its physical limit measured in the same run (medians
 # of interleaved repetitions), the proxy's peak RSS at 300 and 600 slices, 8
 # concurrent big inferences (and /healthz meanwhile), and small inferences at
 # concurrency 16 against going direct; prints a Markdown block for the README's
-# Performance section (date, machine, load, commit). About two minutes on 2 cores.
+# Performance section (date, machine, load, commit). About three minutes on 2 cores.
 #
 #   scripts/bench.sh [--markdown FILE] [--reps 5] [--conc-reps 3] [--wait-quiet SECS] ...
 #
