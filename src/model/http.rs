@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{self, ProxyError, Upstream};
 use crate::ids::redact_uri;
-use crate::payload::pipeline::BLOCK;
+use crate::payload::pipeline::Block;
 use crate::payload::Blocks;
 use crate::upstream::{Conn, Dialer, Origin, Pool, USER_AGENT};
 
@@ -140,6 +140,7 @@ impl Client {
             framing,
             keep_alive,
             home: Some((self.dialer.pool.clone(), t.origin)),
+            spool: None,
         };
         if matches!(body.framing, Framing::Length(0)) {
             body.finish();
@@ -219,7 +220,7 @@ fn send_file(
     file: &mut File,
     len: u64,
 ) -> Result<(), Unsent> {
-    let mut buf = vec![0u8; BLOCK];
+    let mut buf = Block::take();
     let mut head = Some(head);
     let mut left = len;
     while left > 0 {
@@ -582,9 +583,17 @@ pub struct AnswerBody {
     framing: Framing,
     keep_alive: bool,
     home: Option<(Arc<Pool>, Origin)>,
+    /// The spooled request, closed with the body: after the relay, since
+    /// freeing a big unlinked file's pages takes tens of milliseconds.
+    spool: Option<File>,
 }
 
 impl AnswerBody {
+    /// Keeps `file` open until the body is dropped.
+    pub fn hold(&mut self, file: File) {
+        self.spool = Some(file);
+    }
+
     /// The body has been read whole: the connection is reused if it can be.
     fn finish(&mut self) {
         let io = self.io.take();

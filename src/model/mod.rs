@@ -42,7 +42,7 @@ pub fn post(
             .map_err(|e| ProxyError::internal(format!("cannot size the spooled request: {e}")))?
             .len();
         let mut hops = 0;
-        loop {
+        let mut answer = loop {
             let answer = client.post(&url, content_type, Upload::File(&mut file, len))?;
             let status = answer.status;
             if !matches!(status, 307 | 308) || hops == redirect::MAX_HOPS {
@@ -61,7 +61,9 @@ pub fn post(
                 ProxyError::internal(format!("cannot rewind the spooled request: {e}"))
             })?;
             url = next;
-        }
+        };
+        answer.body.hold(file);
+        answer
     } else {
         client.post(&url, content_type, Upload::Blocks(body))?
     };
