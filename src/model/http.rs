@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{self, ProxyError, Upstream};
 use crate::ids::redact_uri;
-use crate::payload::pipeline::Block;
+use crate::payload::pipeline::BLOCK;
 use crate::payload::Blocks;
 use crate::upstream::{Conn, Dialer, Origin, Pool, USER_AGENT};
 
@@ -220,7 +220,7 @@ fn send_file(
     file: &mut File,
     len: u64,
 ) -> Result<(), Unsent> {
-    let mut buf = Block::take();
+    let mut buf = vec![0u8; BLOCK];
     let mut head = Some(head);
     let mut left = len;
     while left > 0 {

@@ -32,11 +32,10 @@ const SPARE: usize = 16;
 static SPARES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// A block's memory: a spare one if there is one; back to the spares when dropped.
-pub struct Block(Vec<u8>);
+struct Block(Vec<u8>);
 
 impl Block {
-    /// A block of [`BLOCK`] bytes, of stale content.
-    pub fn take() -> Block {
+    fn take() -> Block {
         let spare = SPARES.lock().unwrap_or_else(|p| p.into_inner()).pop();
         Block(spare.unwrap_or_else(|| vec![0; BLOCK]))
     }
