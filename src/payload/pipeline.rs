@@ -5,14 +5,11 @@
 //! the producer fills one (reading the payload straight into it), sends it, and
 //! takes a written one back; it makes at most [`IN_FLIGHT`] blocks, so a slow
 //! model stops it, which stops it reading the PACS (TCP back-pressure). A
-//! failure (the PACS's, mostly) ends the stream as the error it is. Blocks
-//! outlive their request in a small process-wide spare list, so a request
-//! takes them without the page faults and zeroing of fresh memory.
+//! failure (the PACS's, mostly) ends the stream as the error it is.
 
 use std::io::{self, Read};
-use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::Scope;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -26,54 +23,17 @@ pub const BLOCK: usize = 256 * 1024;
 /// Blocks per request, at most: being filled, queued, being written.
 pub const IN_FLIGHT: usize = 4;
 
-/// Blocks kept for later requests, at most (4 MiB).
-const SPARE: usize = 16;
-
-static SPARES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-/// A block's memory: a spare one if there is one; back to the spares when dropped.
-struct Block(Vec<u8>);
-
-impl Block {
-    fn take() -> Block {
-        let spare = SPARES.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        Block(spare.unwrap_or_else(|| vec![0; BLOCK]))
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        let mut spares = SPARES.lock().unwrap_or_else(|p| p.into_inner());
-        if spares.len() < SPARE {
-            spares.push(std::mem::take(&mut self.0));
-        }
-    }
-}
-
-impl Deref for Block {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl DerefMut for Block {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.0
-    }
-}
-
 enum Msg {
     /// A block, the length of its data, and whether it is the body's last.
-    Data(Block, usize, bool),
+    Data(Vec<u8>, usize, bool),
     Failed(ProxyError),
 }
 
 /// The consuming end: the body's blocks in order, then the end or the failure.
 pub struct Blocks {
     full: Receiver<Msg>,
-    free: Sender<Block>,
-    current: Option<Block>,
+    free: Sender<Vec<u8>>,
+    current: Option<Vec<u8>>,
     ended: bool,
     failure: Option<ProxyError>,
     #[cfg(test)]
@@ -107,13 +67,18 @@ where
     })
 }
 
-fn produce<R: Read>(mut reader: R, full: &Sender<Msg>, free: &Receiver<Block>, made: &AtomicUsize) {
+fn produce<R: Read>(
+    mut reader: R,
+    full: &Sender<Msg>,
+    free: &Receiver<Vec<u8>>,
+    made: &AtomicUsize,
+) {
     loop {
         let block = match free.try_recv() {
             Ok(b) => Some(b),
             Err(_) if made.load(Ordering::Relaxed) < IN_FLIGHT => {
                 made.fetch_add(1, Ordering::Relaxed);
-                Some(Block::take())
+                Some(vec![0u8; BLOCK])
             }
             // Every block is out: wait for the writer to give one back.
             Err(_) => free.recv().ok(),
