@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The performance benchmark from the README's test environment, in one run:
-# Orthanc with DICOMweb (tests/fixtures/orthanc.py) holding generated CT series
-# (300 and 600 slices of 512x512, 20 slices of 128x128), the sink model API
-# (tests/fixtures/model_api.py, POST /sink) and model-proxy over plain HTTP
-# (--no-tls) on loopback. Reports direct WADO-RS retrieval vs the proxy's
-# end-to-end time, the proxy's peak RSS, small-request overhead (p50/p99),
-# 32 concurrent inferences (throughput, errors, /healthz p99), the 300-slice
-# request repeated through a proxy with the cache on (hit vs miss), against the
-# targets, and prints a Markdown block for the README's Performance section
-# (date, machine, kernel, commit). Takes about two minutes on 2 cores.
+# The performance benchmark of issue 11, in one run: Orthanc with DICOMweb
+# (tests/fixtures/orthanc.py) holding generated CT series (300 and 600 slices of
+# 512x512, 20 slices of 128x128), a fast counting model API and the tests' model
+# API (tests/fixtures/model_api.py, listen backlog 5), and model-proxy over plain
+# HTTP (--no-tls) on loopback. Times each payload mode (zhiva, multipart,
+# contentLength) against its physical limit measured in the same run (medians
+# of interleaved repetitions), the proxy's peak RSS at 300 and 600 slices, 8
+# concurrent big inferences (and /healthz meanwhile), and small inferences at
+# concurrency 16 against going direct, and a cache hit of the 300-slice request
+# against a miss (through a second proxy with the cache on); prints a Markdown block for the README's
+# Performance section (date, machine, load, commit). About three minutes on 2 cores.
 #
-#   scripts/bench.sh [--markdown FILE] [--reps 3] [--iterations 50] [--clients 32] [--per-client 10]
+#   scripts/bench.sh [--markdown FILE] [--reps 5] [--conc-reps 3] [--wait-quiet SECS] ...
 #
+# (scripts/bench.py run --help lists every option.) --wait-quiet SECS waits up
+# to SECS for the load average to fall under 1.5 before measuring: the machine
+# is shared, and others' builds skew every figure.
 # MODEL_PROXY_BIN=/path/to/model-proxy skips the build and benchmarks that binary
 # (the commit reported is that of the git checkout holding it).
 # Needs: curl, python3 with tests/fixtures/requirements.txt (scripts/setup.sh

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-20}
 fuzz_dir=tests/fuzz
-all_targets=(routing multipart config jwt payload access head)
+all_targets=(routing multipart config jwt payload encode access head)
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then

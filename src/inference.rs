@@ -2,12 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use ureq::BodyReader;
-
 use crate::error::ProxyError;
-use crate::model;
+use crate::model::{self, http::AnswerBody};
 use crate::pacs::PacsSource;
-use crate::payload::{Format, PayloadReader};
+use crate::payload::{pipeline, Format, PayloadReader};
 use crate::plan::Plan;
 use crate::state::App;
 
@@ -23,7 +21,7 @@ pub struct Relay {
     /// The model's content length, if it gave one.
     pub length: Option<usize>,
     /// The model's body, still on the wire.
-    pub body: BodyReader<'static>,
+    pub body: AnswerBody,
     /// What went through, for the access log.
     pub stats: Stats,
 }
@@ -62,17 +60,26 @@ pub fn execute(app: &App, plan: &Plan) -> Result<Relay, ProxyError> {
     payload.prime()?;
     let pacs_took = started.elapsed();
     let spool = app.state_dir.sub("spool").map_err(ProxyError::internal)?;
-    let posted = model::post(
-        &app.agents.model,
-        &plan.model,
-        &content_type,
-        &mut payload,
-        &spool,
-    );
+    // The payload is read and encoded on a thread of its own while this one
+    // writes it to the model; the scope ends once the body is all sent (or failed).
+    let (posted, sent) = std::thread::scope(|s| {
+        let mut blocks = match pipeline::start(s, &mut payload) {
+            Ok(b) => b,
+            Err(e) => return (Err(e), 0),
+        };
+        let posted = model::post(
+            &app.agents.model,
+            &plan.model,
+            &content_type,
+            &mut blocks,
+            &spool,
+        );
+        (posted, blocks.sent)
+    });
     app.metrics.bytes("dicom_from_pacs", payload.dicom_bytes);
-    app.metrics.bytes("payload_to_model", payload.sent);
+    app.metrics.bytes("payload_to_model", sent);
     app.metrics.upstream("pacs", &plan.server.id, pacs_took);
-    let resp = posted?;
+    let answer = posted?;
     let model_took = started.elapsed().saturating_sub(pacs_took);
     app.metrics.upstream("model", &plan.model.id, model_took);
     let stats = Stats {
@@ -81,20 +88,13 @@ pub fn execute(app: &App, plan: &Plan) -> Result<Relay, ProxyError> {
         pacs_ms: pacs_took.as_millis() as u64,
         model_ms: model_took.as_millis() as u64,
     };
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    };
-    let content_type = header("content-type");
-    let length = header("content-length").and_then(|v| v.parse().ok());
-    let status = resp.status().as_u16();
+    let content_type = answer.header("content-type").map(String::from);
+    let length = answer.header("content-length").and_then(|v| v.parse().ok());
     Ok(Relay {
-        status,
+        status: answer.status,
         content_type,
         length,
-        body: resp.into_body().into_reader(),
+        body: answer.body,
         stats,
     })
 }

@@ -24,8 +24,10 @@
 //!   pacs.rs        WADO-RS client (auth, retries before the first byte, 406, empty answers)
 //!   redirect.rs    Location resolution, hop limit, credentials only to the same origin
 //!   multipart.rs   streaming multipart/related parser
-//!   payload.rs     the zhiva payload encoder, as a Read
-//!   model.rs       the model client: post, spool, per-model concurrency
+//!   payload/       the model's body: layout (the six model types), encode (scalar, SSSE3,
+//!                  AVX2), reader (the state machine), pipeline (its own thread)
+//!   model/         the model client: post, spool, per-model concurrency; http (the
+//!                  HTTP/1.1 exchange, written by hand over pooled connections)
 //!   inference.rs   plan -> fetch -> encode -> post -> relay
 //!   access/        who may ask: inbound zhiva tokens (jwt) and API keys (keys), the
 //!                  audit trail (audit), the client address from the front (stamp)
@@ -44,7 +46,8 @@
 //!                  heads, framing rules, chunked), conn (one connection, one request at a
 //!                  time), conns (caps, eviction), tls (certificate, expiry)
 //!   trust.rs       upstream TLS verification (roots, CA file, pinning)
-//!   upstream.rs    one ureq agent per kind of upstream, with its timeouts
+//!   upstream.rs    a ureq agent per kind of upstream, with its timeouts; the model
+//!                  connections (plain or TLS) and their keep-alive pool
 //!   state.rs       App (the shared state), Options, StateDir
 //!   error.rs       Code (the closed set of error codes) and ProxyError
 //!   metrics.rs     Prometheus counters and histograms
@@ -54,7 +57,7 @@
 //! The library exposes only [`run`] (the whole program, for `main.rs`) and
 //! [`parsers`] (the code that faces untrusted input, for the fuzz targets).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod access;
 mod auth;
@@ -99,7 +102,9 @@ pub mod parsers {
     pub use crate::front::not_after;
     pub use crate::ids::{is_dicom_uid, is_uuid};
     pub use crate::multipart::{boundary, find, Multipart};
-    pub use crate::payload::encode_bytes;
+    pub use crate::payload::encode::{
+        encode_at, encode_bytes, encode_into, encode_scalar, Level, LEVELS,
+    };
     pub use crate::routing::{route, InferenceRequest, Page, Route};
 }
 

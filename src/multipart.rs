@@ -5,7 +5,7 @@
 //! start of the next delimiter.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 /// Buffer size; also the largest header block a part may have.
 const BUF_SIZE: usize = 256 * 1024;
@@ -81,6 +81,8 @@ pub struct Multipart<R> {
     /// `\n--boundary`: the CR before it is optional, for servers that end lines with a bare LF.
     delim: Vec<u8>,
     finder: memchr::memmem::Finder<'static>,
+    /// `buf[start..clean]` is content already scanned: no delimiter starts in it.
+    clean: usize,
     state: State,
     in_part: bool,
     inner_eof: bool,
@@ -100,6 +102,7 @@ impl<R: Read> Multipart<R> {
             end: 1,
             delim: format!("\n--{boundary}").into_bytes(),
             finder: memchr::memmem::Finder::new(format!("\n--{boundary}").as_bytes()).into_owned(),
+            clean: 0,
             state: State::Content,
             in_part: false,
             inner_eof: false,
@@ -182,6 +185,7 @@ impl<R: Read> Multipart<R> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
+            self.clean = self.clean.saturating_sub(self.start);
             self.start = 0;
         }
         if self.end == self.buf.len() {
@@ -207,11 +211,36 @@ impl<R: Read> Multipart<R> {
 impl<R: Read> Read for Multipart<R> {
     /// Reads the current part's content (or skips preamble); `Ok(0)` at the part's end.
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.state != State::Content || out.is_empty() {
+        if out.is_empty() {
             return Ok(0);
         }
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The current part's content in place, for readers that need no copy of it
+/// (the payload encoder reads the parser's buffer directly).
+impl<R: Read> BufRead for Multipart<R> {
+    /// Buffered content of the current part, known not to be a delimiter: at
+    /// least one byte, or none at the part's end. Preamble is skipped.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.state != State::Content {
+            return Ok(&[]);
+        }
         let dl = self.delim.len();
-        loop {
+        let content_end = loop {
+            // Scanned already: no delimiter starts before `clean`.
+            if self.clean > self.start {
+                if self.in_part {
+                    break self.clean;
+                }
+                self.start = self.clean;
+                continue;
+            }
             let avail = &self.buf[self.start..self.end];
             let (usable, at_delim) = match self.finder.find(avail) {
                 // The CR of a CRLF before the delimiter belongs to the delimiter.
@@ -221,14 +250,7 @@ impl<R: Read> Read for Multipart<R> {
                 None => (avail.len().saturating_sub(dl), false),
             };
             if usable > 0 {
-                let n = usable.min(out.len());
-                if self.in_part {
-                    out[..n].copy_from_slice(&avail[..n]);
-                }
-                self.start += n;
-                if self.in_part {
-                    return Ok(n);
-                }
+                self.clean = self.start + usable;
                 continue;
             }
             if at_delim {
@@ -237,7 +259,7 @@ impl<R: Read> Read for Multipart<R> {
                 }
                 self.state = State::AtDelimiter;
                 self.in_part = false;
-                return Ok(0);
+                return Ok(&[]);
             }
             if self.end - self.start == self.buf.len() {
                 // A full buffer that may all be the start of a delimiter: only a
@@ -251,7 +273,13 @@ impl<R: Read> Read for Multipart<R> {
                     malformed("no boundary delimiter found")
                 });
             }
-        }
+        };
+        Ok(&self.buf[self.start..content_end])
+    }
+
+    /// Marks `n` bytes of what [`Self::fill_buf`] gave as read.
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.clean.max(self.start));
     }
 }
 

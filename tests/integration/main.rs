@@ -18,3 +18,4 @@ mod inbound;
 mod inference;
 mod process;
 mod tls;
+mod upload;

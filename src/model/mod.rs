@@ -1,5 +1,8 @@
-//! The model client: posts a payload stream and classifies the model's answer;
+//! The model client: posts the payload and classifies the model's answer;
 //! limits concurrency per model; spools for models that need a Content-Length.
+//! The HTTP exchange itself is [`http`].
+
+pub mod http;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -10,13 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use ureq::http::Response;
-use ureq::{Agent, Body, SendBody};
-
 use crate::config::Model;
-use crate::error::{self, Code, ProxyError, Upstream};
+use crate::error::{Code, ProxyError, Upstream};
 use crate::ids::redact_uri;
+use crate::payload::Blocks;
 use crate::redirect;
+use http::{Answer, AnswerBody, Client, Upload};
 
 /// Posts `body` (of `content_type`) to the model; a 2xx answer is returned for relaying.
 ///
@@ -26,32 +28,28 @@ use crate::redirect;
 /// of the POST is a clear error naming where it points: a streamed body cannot
 /// be replayed.
 pub fn post(
-    agent: &Agent,
+    client: &Client,
     model: &Model,
     content_type: &str,
-    body: &mut dyn Read,
+    body: &mut Blocks,
     spool_dir: &Path,
-) -> Result<Response<Body>, ProxyError> {
-    let transport = |e: ureq::Error| error::from_ureq(Upstream::Model, &e);
+) -> Result<Answer, ProxyError> {
     let mut url = model.uri.clone();
-    let resp = if model.content_length {
+    let answer = if model.content_length {
         let mut file = spool(body, spool_dir)?;
+        let len = file
+            .metadata()
+            .map_err(|e| ProxyError::internal(format!("cannot size the spooled request: {e}")))?
+            .len();
         let mut hops = 0;
-        loop {
-            let again = file.try_clone().map_err(|e| {
-                ProxyError::internal(format!("cannot reopen the spooled request: {e}"))
-            })?;
-            let resp = agent
-                .post(&url)
-                .header("Content-Type", content_type)
-                .send(again)
-                .map_err(transport)?;
-            let status = resp.status().as_u16();
+        let mut answer = loop {
+            let answer = client.post(&url, content_type, Upload::File(&mut file, len))?;
+            let status = answer.status;
             if !matches!(status, 307 | 308) || hops == redirect::MAX_HOPS {
-                break resp;
+                break answer;
             }
-            let Some(next) = location(&url, &resp) else {
-                break resp;
+            let Some(next) = location(&url, &answer) else {
+                break answer;
             };
             hops += 1;
             log::info!(
@@ -63,20 +61,18 @@ pub fn post(
                 ProxyError::internal(format!("cannot rewind the spooled request: {e}"))
             })?;
             url = next;
-        }
+        };
+        answer.body.hold(file);
+        answer
     } else {
-        agent
-            .post(&url)
-            .header("Content-Type", content_type)
-            .send(SendBody::from_reader(body))
-            .map_err(transport)?
+        client.post(&url, content_type, Upload::Blocks(body))?
     };
-    let status = resp.status().as_u16();
+    let status = answer.status;
     if (200..300).contains(&status) {
-        return Ok(resp);
+        return Ok(answer);
     }
     if redirect::is_redirect(status) {
-        let to = location(&url, &resp).unwrap_or_else(|| "nowhere it could follow".into());
+        let to = location(&url, &answer).unwrap_or_else(|| "nowhere it could follow".into());
         let why = if model.content_length && matches!(status, 307 | 308) {
             format!("more than {} times", redirect::MAX_HOPS)
         } else {
@@ -91,7 +87,7 @@ pub fn post(
         )
         .with_upstream_status(status));
     }
-    let detail = excerpt(resp.into_body());
+    let detail = excerpt(answer.body);
     Err(ProxyError::upstream_status(
         Upstream::Model,
         status,
@@ -100,12 +96,12 @@ pub fn post(
 }
 
 /// Where a redirect points, resolved against the URL that answered.
-fn location(url: &str, resp: &Response<Body>) -> Option<String> {
-    let loc = resp.headers().get("location")?.to_str().ok()?;
-    redirect::resolve(url, loc)
+fn location(url: &str, answer: &Answer) -> Option<String> {
+    redirect::resolve(url, answer.header("location")?)
 }
 
-fn spool(body: &mut dyn Read, dir: &Path) -> Result<File, ProxyError> {
+/// Writes the payload to an unlinked file, a block per write.
+fn spool(body: &mut Blocks, dir: &Path) -> Result<File, ProxyError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let fail = |e: io::Error| {
         ProxyError::internal(format!(
@@ -130,16 +126,17 @@ fn spool(body: &mut dyn Read, dir: &Path) -> Result<File, ProxyError> {
     // The open handle keeps the data; the name is not needed and must not outlive us.
     let _ = fs::remove_file(&path);
     // A failure of the payload (the PACS, mostly) comes back as it was raised.
-    io::copy(body, &mut file).map_err(|e| ProxyError::carried_by(&e).unwrap_or_else(|| fail(e)))?;
-    file.flush().map_err(fail)?;
+    while let Some((block, _)) = body.next()? {
+        file.write_all(block).map_err(fail)?;
+    }
     file.rewind().map_err(fail)?;
     Ok(file)
 }
 
 /// The start of an error body, on one line, for the viewer's error message.
-fn excerpt(body: Body) -> String {
+fn excerpt(body: AnswerBody) -> String {
     let mut buf = Vec::new();
-    let _ = body.into_reader().take(512).read_to_end(&mut buf);
+    let _ = body.take(512).read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     let one_line: String = text
         .chars()
