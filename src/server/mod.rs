@@ -154,7 +154,10 @@ fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
             deadline = Some(Instant::now() + grace);
         }
         if let Some(d) = deadline {
-            let busy = app.in_flight.load(Ordering::SeqCst);
+            // A running prefetch is an inference too: leaving it would waste its work.
+            let stats = app.cache.stats();
+            let busy = app.in_flight.load(Ordering::SeqCst)
+                + stats.prefetch_running.load(Ordering::SeqCst) as usize;
             if busy == 0 {
                 break;
             }
@@ -168,6 +171,10 @@ fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
             Ok(None) => {}
             Err(e) => log::warn!("receiving a request failed: {e}"),
         }
+    }
+    let queued = app.cache.stats().prefetch_queued.load(Ordering::SeqCst);
+    if queued > 0 {
+        log::warn!("{queued} queued prefetch(es) dropped: they run again when asked again");
     }
     log::info!("stopped");
     Ok(())

@@ -126,6 +126,24 @@ fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
 }
 
 #[test]
+fn sigterm_lets_a_running_prefetch_land_in_the_cache() {
+    let model = model();
+    let dir = config_dir("sigterm-prefetch", &servers_json(), &model.models_json());
+    let mut p = Direct::start(&dir, &["--grace-period", "20", "--cache-size", "64M"], None);
+    let slow = format!("{}{}", p.url, series_path(SLOW, None));
+    assert_eq!(request("PUT", &slow, &[], None).status, 202);
+    thread::sleep(Duration::from_millis(700));
+    p.signal("TERM");
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        p.logs()
+    );
+    assert!(p.logs().contains("prefetched model"), "{}", p.logs());
+}
+
+#[test]
 fn sigint_exits_0_and_grace_period_bounds_the_wait() {
     let model = model();
     let dir = config_dir("sigint", &servers_json(), &model.models_json());
