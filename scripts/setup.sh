@@ -26,6 +26,13 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nginx >/dev/null
 fi
 
+# A real forward proxy for the egress tests (tests/integration/egress.rs).
+if ! command -v tinyproxy >/dev/null && [ ! -x /usr/sbin/tinyproxy ] && [ ! -x /usr/bin/tinyproxy ]; then
+    echo "setup: installing tinyproxy" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq tinyproxy >/dev/null
+fi
+
 if ! python3 -c 'import pydicom, numpy, fastapi, uvicorn' 2>/dev/null; then
     echo "setup: installing Python packages for the fixtures" >&2
     python3 -m pip install -q -r tests/fixtures/requirements.txt

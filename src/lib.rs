@@ -46,6 +46,7 @@
 //!                  heads, framing rules, chunked), conn (one connection, one request at a
 //!                  time), conns (caps, eviction), tls (certificate, expiry)
 //!   trust.rs       upstream TLS verification (roots, CA file, pinning)
+//!   tunnel.rs      model connections through the environment's HTTP CONNECT proxy
 //!   upstream.rs    a ureq agent per kind of upstream, with its timeouts; the model
 //!                  connections (plain or TLS) and their keep-alive pool
 //!   state.rs       App (the shared state), Options, StateDir
@@ -85,6 +86,7 @@ mod status;
 mod systemd;
 mod time;
 mod trust;
+mod tunnel;
 mod upstream;
 
 pub use cli::run;

@@ -25,8 +25,8 @@ use rustls::{
 };
 use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, TcpConnector,
-    Transport, TransportAdapter,
+    Buffers, ConnectProxyConnector, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout,
+    TcpConnector, Transport, TransportAdapter,
 };
 use ureq::Agent;
 
@@ -63,9 +63,15 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
     Ok(Arc::new(config))
 }
 
-/// An agent whose HTTPS connections use `tls`.
+/// An agent whose HTTPS connections use `tls`, through the environment's
+/// CONNECT proxy (`HTTPS_PROXY` and the like, minus `NO_PROXY`) if it names one.
 pub fn agent(config: ureq::config::Config, tls: Arc<ClientConfig>) -> Agent {
-    let connector = ().chain(TcpConnector::default()).chain(Tls(tls));
+    // As in ureq's default chain: without the CONNECT step, a configured proxy
+    // leaves the TCP connector no address to connect to.
+    let connector =
+        ().chain(ConnectProxyConnector::default())
+            .chain(TcpConnector::default())
+            .chain(Tls(tls));
     Agent::with_parts(config, connector, DefaultResolver::default())
 }
 

@@ -14,7 +14,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use ureq::Agent;
 
 use crate::model::http::Client;
-use crate::trust;
+use crate::{trust, tunnel};
 
 /// How long each kind of upstream may take.
 #[derive(Debug, Clone)]
@@ -97,6 +97,7 @@ impl Agents {
         let dialer = Dialer {
             tls: tls.clone(),
             connect: t.connect,
+            proxy: tunnel::from_env(),
             pool: Arc::new(Pool::new(IDLE_PER_HOST, IDLE_TOTAL, MODEL_IDLE_AGE)),
         };
         Ok(Agents {
@@ -267,6 +268,8 @@ impl Pool {
 pub struct Dialer {
     tls: Arc<ClientConfig>,
     connect: Duration,
+    /// The environment's forward proxy, as ureq's agents use it.
+    proxy: Option<ureq::Proxy>,
     /// Where finished connections go back.
     pub pool: Arc<Pool>,
 }
@@ -278,6 +281,7 @@ impl Dialer {
         Dialer {
             tls,
             connect,
+            proxy: None,
             pool: Arc::new(pool),
         }
     }
@@ -289,7 +293,10 @@ impl Dialer {
         if let Some(c) = self.pool.take(origin) {
             return Ok(c);
         }
-        let tcp = self.tcp(origin)?;
+        let tcp = match self.proxy.as_ref().filter(|p| tunnel::applies(p, origin)) {
+            Some(p) => tunnel::open(p, self.tcp(p.host(), p.port())?, origin, self.connect)?,
+            None => self.tcp(&origin.host, origin.port)?,
+        };
         tcp.set_nodelay(true)?;
         if !origin.tls {
             return Ok(Conn::Plain(tcp));
@@ -306,9 +313,9 @@ impl Dialer {
         Ok(Conn::Tls(Box::new(tls)))
     }
 
-    fn tcp(&self, origin: &Origin) -> io::Result<TcpStream> {
+    fn tcp(&self, host: &str, port: u16) -> io::Result<TcpStream> {
         let mut last = None;
-        for addr in (origin.host.as_str(), origin.port).to_socket_addrs()? {
+        for addr in (host, port).to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, self.connect) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),

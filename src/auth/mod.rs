@@ -10,7 +10,7 @@
 //! Calls flow one way: this facade -> `tokens` (the state machine of one server)
 //! -> `service` (the auth service), `jwt` (token timing), `store` (the files).
 
-mod basic;
+pub mod basic;
 mod jwt;
 mod service;
 mod store;

@@ -11,6 +11,7 @@ mod auth;
 mod cache;
 mod cli;
 mod contract;
+mod egress;
 mod faults;
 mod front;
 mod fuzz_regressions;
