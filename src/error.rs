@@ -130,6 +130,16 @@ impl ProxyError {
         self.code.status()
     }
 
+    /// 503: a request that comes in after SIGTERM.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            Code::ShuttingDown,
+            "the proxy is shutting down; retry on another instance",
+        )
+        .with_header("Retry-After", "5")
+        .with_header("Connection", "close")
+    }
+
     /// 500: a bug or an environment problem of the proxy itself.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::InternalError, message)

@@ -133,6 +133,11 @@ impl<'a, W: Wire> Conn<'a, W> {
         let relay = self.door.shared.open_relay();
         let mut unix = match UnixStream::connect(&self.door.backend) {
             Ok(u) => u,
+            // After SIGTERM the handler stops once the last inference is out,
+            // while this connection may still be read: a 503 sends it elsewhere.
+            Err(_) if self.door.shared.draining() => {
+                return Err(refusal(ProxyError::shutting_down(), seen));
+            }
             Err(e) => {
                 log::error!("cannot reach the request handler's socket: {e}");
                 let e = ProxyError::internal(
@@ -298,7 +303,10 @@ impl<'a, W: Wire> Conn<'a, W> {
             }
             pending.extend_from_slice(&chunk[..n]);
         };
-        let close = !rq.keep_alive || resp.close || resp.framing == Framing::UntilClose;
+        let close = !rq.keep_alive
+            || resp.close
+            || resp.framing == Framing::UntilClose
+            || self.door.shared.draining();
         self.slot.set(Phase::Writing);
         let mut out = resp.to_client(close);
         let mut left = match resp.framing {

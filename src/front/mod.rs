@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -102,12 +102,24 @@ pub struct Shared {
     pub refused: AtomicU64,
     next_relay: AtomicU64,
     broken: Mutex<HashSet<u64>>,
+    draining: AtomicBool,
 }
 
 impl Shared {
     /// Client connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// After SIGTERM: every answer closes its connection, so clients and load
+    /// balancers open their next one elsewhere (tiny_http drops the server's own
+    /// `Connection: close`).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     fn set_open(&self, n: usize) {

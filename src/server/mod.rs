@@ -25,7 +25,7 @@ use tiny_http::{Request, Server};
 
 use crate::access::{self, Access, Presented};
 use crate::config::{self, Config};
-use crate::error::{Code, ProxyError};
+use crate::error::ProxyError;
 use crate::front::{self, Tls};
 use crate::health;
 use crate::routing::{self, Route};
@@ -149,6 +149,7 @@ fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
             );
             systemd::notify("STOPPING=1");
             app.shutting_down.store(true, Ordering::SeqCst);
+            app.front.drain();
             // Nothing new is queued; what is queued or waiting still gets its answer.
             pool = None;
             deadline = Some(Instant::now() + grace);
@@ -225,7 +226,12 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
                     Route::Purge(r) => pool.purge(app, rq, r, arrival),
                     _ => pool.prefetch_list(app, rq, arrival),
                 },
-                (Ok(()), None) => send(app, rq, Reply::error(&shutting_down()), &arrival),
+                (Ok(()), None) => send(
+                    app,
+                    rq,
+                    Reply::error(&ProxyError::shutting_down()),
+                    &arrival,
+                ),
             }
             return;
         }
@@ -244,7 +250,12 @@ fn dispatch(app: &App, pool: Option<&Pool>, rq: Request) {
             arrival.turn = turn;
             pool.submit(app, Job { rq, route, arrival })
         }
-        (Ok(_), None) => send(app, rq, Reply::error(&shutting_down()), &arrival),
+        (Ok(_), None) => send(
+            app,
+            rq,
+            Reply::error(&ProxyError::shutting_down()),
+            &arrival,
+        ),
         (Err(e), _) => send(app, rq, Reply::error(&e), &arrival),
     }
 }
@@ -260,16 +271,6 @@ fn presented(rq: &Request) -> Presented {
             .or_else(|| rq.remote_addr().map(|a| a.ip().to_string()))
             .unwrap_or_else(|| "-".into()),
     }
-}
-
-/// The 503 of a request that comes in after SIGTERM.
-fn shutting_down() -> ProxyError {
-    ProxyError::new(
-        Code::ShuttingDown,
-        "the proxy is shutting down; retry on another instance",
-    )
-    .with_header("Retry-After", "5")
-    .with_header("Connection", "close")
 }
 
 /// SIGHUP: load both files (and the TLS pair) again; what fails validation is

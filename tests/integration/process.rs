@@ -107,6 +107,9 @@ fn sigterm_lets_in_flight_inferences_finish_then_exits_0() {
     let fast = format!("{}{}", p.url, series_path(SEG, None));
     if let Ok(r) = agent().get(&fast).call() {
         assert_eq!(r.status(), 503);
+        // The connection is not kept: the client's next one goes to another replica.
+        let close = r.headers().get("connection").and_then(|v| v.to_str().ok());
+        assert_eq!(close, Some("close"));
     }
     if let Ok(r) = agent().get(format!("{}/readyz", p.url)).call() {
         assert_eq!(r.status(), 503);
