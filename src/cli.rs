@@ -126,7 +126,6 @@ impl Settings {
                 queue: self.queue,
                 status_page: self.status_page,
                 health_interval: self.health_interval,
-                body_timeout: self.body_timeout,
                 grace_period: self.grace_period,
                 cache: (self.cache_size > 0 && !self.cache_ttl.is_zero()).then(|| {
                     cache::Settings {

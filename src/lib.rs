@@ -39,7 +39,7 @@
 //!   health.rs      background health poller
 //!   status.rs      the status page
 //!   server/        start-up and dispatcher, pool (workers, cache readers, queues),
-//!                  cached (hits, single-flight, tee, purge, prefetch), body (timed
+//!                  cached (hits, single-flight, tee, purge, prefetch), body (bounded
 //!                  reads), pages (healthz, readyz, status, metrics, preflight), reply
 //!                  (the one writer: CORS, access log, metrics)
 //!   front/         the public listener in front of tiny_http: head (request and response

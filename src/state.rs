@@ -30,8 +30,6 @@ pub struct Options {
     pub status_page: bool,
     /// Pause between health polls.
     pub health_interval: Duration,
-    /// How long a client may take to send a request body.
-    pub body_timeout: Duration,
     /// How long in-flight inferences may run on after SIGTERM.
     pub grace_period: Duration,
     /// The inference cache; `None` when it is off.
@@ -176,7 +174,6 @@ pub(crate) mod tests {
             queue: 4,
             status_page: false,
             health_interval: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(30),
             grace_period: Duration::from_secs(30),
             cache: None,
         };

@@ -94,28 +94,21 @@ pub fn handle(app: &Arc<App>, lanes: &Lanes, task: Task, on: On) {
 
 /// Reads the body (if any) and plans; `None` when the request has been answered.
 fn planned(app: &Arc<App>, job: Job) -> Option<Planned> {
-    let Job { rq, route, arrival } = job;
-    let (rq, arrival, body) = if route.has_body {
-        let limit = app.options.body_timeout;
-        match body::read_within(app, rq, arrival, limit) {
-            Some((rq, arrival, Ok(body))) => (rq, arrival, Some(body)),
-            Some((rq, arrival, Err(e))) => {
+    let Job {
+        mut rq,
+        route,
+        arrival,
+    } = job;
+    let body = if route.has_body {
+        match body::read(&mut rq) {
+            Ok(body) => Some(body),
+            Err(e) => {
                 answer(app, rq, Reply::error(&e), &arrival);
-                return None;
-            }
-            None => {
-                // The request stays with its reader thread, which answers it if the
-                // client ever finishes; this thread moves on.
-                app.in_flight.fetch_sub(1, Ordering::SeqCst);
-                log::warn!(
-                    "a client sent no complete request body within {}s; worker released",
-                    limit.as_secs()
-                );
                 return None;
             }
         }
     } else {
-        (rq, arrival, None)
+        None
     };
     match plan::make(&app.config(), &route, body.as_deref()) {
         Ok(plan) => Some(Planned {
@@ -459,13 +452,8 @@ fn prefetch(app: &App, lanes: &Lanes, p: &Prefetch) -> Prefetched {
 }
 
 /// `POST /prefetch` with a JSON list of inference URLs (or `{"urls": [...]}`).
-fn prefetch_list(app: &Arc<App>, lanes: &Lanes, rq: Request, arrival: Arrival) {
-    let limit = app.options.body_timeout;
-    let Some((rq, arrival, body)) = body::read_within(app, rq, arrival, limit) else {
-        app.in_flight.fetch_sub(1, Ordering::SeqCst);
-        return;
-    };
-    let reply = match body.and_then(|b| urls(&b)) {
+fn prefetch_list(app: &Arc<App>, lanes: &Lanes, mut rq: Request, arrival: Arrival) {
+    let reply = match body::read(&mut rq).and_then(|b| urls(&b)) {
         Ok(urls) => {
             let mut queued = 0;
             let mut rejected = Vec::new();
