@@ -93,7 +93,7 @@ pub use cli::run;
 
 /// The code that parses untrusted input, for the fuzz targets in `tests/fuzz`.
 pub mod parsers {
-    pub use crate::access::{access_claims, client, parse_keys, parse_pem, rsa_spki, Stamp};
+    pub use crate::access::{access_claims, client, parse_keys, parse_pem, rsa_spki};
     pub use crate::auth::{base64, jwt_times};
     pub use crate::config::from_texts;
     pub use crate::config::jsonc::{line_col, to_strict};

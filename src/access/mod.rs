@@ -29,7 +29,7 @@ use crate::routing::{InferenceRequest, Page};
 pub use audit::{Outcome, Record, Target};
 pub use jwt::{access as access_claims, parse_pem, rsa_spki};
 pub use keys::parse as parse_keys;
-pub use stamp::{client, Stamp, HEADER};
+pub use stamp::{client, stamp, HEADER};
 
 /// Which credentials are accepted (`--inbound-auth`); none: anyone may ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::conns::{Phase, Slot};
 use super::head::{self, Chunked, Framing, RequestHead, LIMITS};
 use super::{Door, Seen};
-use crate::access::Stamp;
+use crate::access;
 use crate::error::{Code, ProxyError};
 
 /// After answering a refused request, how long the rest of what the client
@@ -146,12 +146,10 @@ impl<'a, W: Wire> Conn<'a, W> {
                 return Err(refusal(e, seen));
             }
         };
-        {
-            // The client's address travels in a header of our own (see access::stamp).
-            let mut stamped = Stamp::new(&unix, self.wire.tcp().peer_addr());
-            stamped.write_all(&rq.to_backend(body.len(), relay.id))?;
-            stamped.write_all(&body)?;
-        }
+        // The client's address travels in a header of our own (see access::stamp).
+        let client = access::stamp(self.wire.tcp().peer_addr());
+        unix.write_all(&rq.to_backend(body.len(), relay.id, client.as_deref()))?;
+        unix.write_all(&body)?;
         // tiny_http then sees no further request on this connection and closes it after the answer.
         let _ = unix.shutdown(Shutdown::Write);
         self.relay(&rq, &mut unix, relay.id, seen)

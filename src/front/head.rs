@@ -77,6 +77,8 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "expect",
     RELAY_HEADER,
+    // The client's address is the front's to say (see access::stamp).
+    "x-model-proxy-client",
 ];
 
 /// The header by which the front tells the server which exchange a request is
@@ -312,7 +314,7 @@ fn framing(
 impl RequestHead {
     /// The head as tiny_http gets it: canonical, with the body's exact length
     /// and the exchange's id.
-    pub fn to_backend(&self, body: usize, relay: u64) -> Vec<u8> {
+    pub fn to_backend(&self, body: usize, relay: u64, client: Option<&str>) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.target.len());
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -329,6 +331,9 @@ impl RequestHead {
             push_field(&mut out, "Content-Length", &body.to_string());
         }
         push_field(&mut out, RELAY_HEADER, &relay.to_string());
+        if let Some(c) = client {
+            push_field(&mut out, crate::access::HEADER, c);
+        }
         out.extend_from_slice(b"\r\n");
         out
     }
@@ -588,7 +593,7 @@ mod tests {
         assert_eq!((h.method.as_str(), h.target.as_str()), ("GET", "/healthz"));
         assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
         assert_eq!(h.header("origin"), Some("https://x"));
-        let fwd = String::from_utf8(h.to_backend(0, 7)).unwrap();
+        let fwd = String::from_utf8(h.to_backend(0, 7, None)).unwrap();
         assert_eq!(
             fwd,
             "GET /healthz HTTP/1.1\r\nHost: a\r\nOrigin: https://x\r\nx-model-proxy-relay: 7\r\n\r\n"
@@ -627,7 +632,7 @@ mod tests {
     fn bare_lf_and_leading_blank_lines_are_read_and_rewritten() {
         let (h, n) = req("\r\nGET / HTTP/1.1\nHost: a\n\n").unwrap().unwrap();
         assert_eq!(n, 26);
-        assert!(String::from_utf8(h.to_backend(0, 1))
+        assert!(String::from_utf8(h.to_backend(0, 1, None))
             .unwrap()
             .starts_with("GET / HTTP/1.1\r\nHost: a\r\n"));
     }
@@ -689,7 +694,7 @@ mod tests {
         .unwrap();
         assert_eq!(h.framing, Framing::Length(12));
         assert!(h.expects_continue);
-        let fwd = String::from_utf8(h.to_backend(12, 3)).unwrap();
+        let fwd = String::from_utf8(h.to_backend(12, 3, None)).unwrap();
         assert!(!fwd.to_ascii_lowercase().contains("expect"), "{fwd}");
         assert!(fwd.contains("Content-Length: 12\r\n"), "{fwd}");
     }
@@ -720,13 +725,14 @@ mod tests {
 
     #[test]
     fn client_headers_cannot_pose_as_the_front() {
-        let text = "GET / HTTP/1.1\r\nHost: a\r\nX-Model-Proxy-Relay: 1\r\nConnection: close\r\nTE: gzip\r\n\r\n";
+        let text = "GET / HTTP/1.1\r\nHost: a\r\nX-Model-Proxy-Relay: 1\r\nConnection: close\r\n\
+                    TE: gzip\r\nx-model-proxy-client: forged 6.6.6.6\r\n\r\n";
         let (h, _) = req(text).unwrap().unwrap();
         assert!(!h.keep_alive);
-        let fwd = String::from_utf8(h.to_backend(0, 9)).unwrap();
+        let fwd = String::from_utf8(h.to_backend(0, 9, Some("s 10.0.0.1"))).unwrap();
         assert_eq!(
             fwd,
-            "GET / HTTP/1.1\r\nHost: a\r\nx-model-proxy-relay: 9\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: a\r\nx-model-proxy-relay: 9\r\nX-Model-Proxy-Client: s 10.0.0.1\r\n\r\n"
         );
         let (h, _) = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive && h.minor == 0);

@@ -57,7 +57,7 @@ fn request(data: &[u8]) {
     if head.framing != Framing::Empty {
         assert!(!["GET", "HEAD", "OPTIONS"].contains(&head.method.as_str()));
     }
-    let forwarded = head.to_backend(body, 42);
+    let forwarded = head.to_backend(body, 42, None);
     assert!(forwarded.is_ascii());
     assert!(forwarded.ends_with(b"\r\n\r\n"));
     let text = String::from_utf8_lossy(&forwarded).to_ascii_lowercase();
