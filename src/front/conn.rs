@@ -130,7 +130,9 @@ impl<'a, W: Wire> Conn<'a, W> {
             Err(end) => return Err(end),
         };
         self.slot.set(Phase::Backend);
-        let relay = self.door.shared.open_relay();
+        let Some(relay) = self.door.shared.open_relay() else {
+            return Err(refusal(ProxyError::shutting_down(), seen));
+        };
         let mut unix = match UnixStream::connect(&self.door.backend) {
             Ok(u) => u,
             // After SIGTERM the handler stops once the last inference is out,

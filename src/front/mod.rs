@@ -103,6 +103,9 @@ pub struct Shared {
     next_relay: AtomicU64,
     broken: Mutex<HashSet<u64>>,
     draining: AtomicBool,
+    stopped: AtomicBool,
+    /// Exchanges between being handed to the server and their answer's end.
+    relays: AtomicUsize,
 }
 
 impl Shared {
@@ -120,6 +123,17 @@ impl Shared {
 
     fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The server is about to go: no request is handed to it any more (each
+    /// gets 503 `shutting_down`); those already handed over still get answered.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Exchanges handed to the server whose answer has not ended yet.
+    pub fn relays(&self) -> usize {
+        self.relays.load(Ordering::SeqCst)
     }
 
     fn set_open(&self, n: usize) {
@@ -140,11 +154,16 @@ impl Shared {
         self.broken_set().contains(&relay)
     }
 
-    fn open_relay(&self) -> Relay<'_> {
-        Relay {
+    /// A new exchange, or `None` once the server is stopping. Counted before
+    /// `stopped` is read, so that the server, which sets `stopped` before it
+    /// reads the count, never misses one that got through.
+    fn open_relay(&self) -> Option<Relay<'_>> {
+        self.relays.fetch_add(1, Ordering::SeqCst);
+        let relay = Relay {
             shared: self,
             id: self.next_relay.fetch_add(1, Ordering::Relaxed),
-        }
+        };
+        (!self.stopped.load(Ordering::SeqCst)).then_some(relay)
     }
 }
 
@@ -157,6 +176,7 @@ struct Relay<'a> {
 impl Drop for Relay<'_> {
     fn drop(&mut self) {
         self.shared.broken_set().remove(&self.id);
+        self.shared.relays.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -160,10 +160,19 @@ fn run(app: &Arc<App>, server: &Server, pool: Pool) -> Result<(), String> {
             let busy = app.in_flight.load(Ordering::SeqCst)
                 + stats.prefetch_running.load(Ordering::SeqCst) as usize;
             if busy == 0 {
-                break;
+                // The front stops handing requests over; what it already has
+                // is answered before tiny_http goes (it would answer a bare 500).
+                app.front.stop();
+                if app.front.relays() == 0 {
+                    break;
+                }
             }
             if Instant::now() >= d {
-                log::warn!("grace period over with {busy} inference(s) still running; exiting");
+                log::warn!(
+                    "grace period over with {busy} inference(s) still running \
+                     and {} answer(s) being relayed; exiting",
+                    app.front.relays()
+                );
                 break;
             }
         }
