@@ -284,17 +284,11 @@ fn local_pacs_certificate_made_the_docs_way_is_trusted_through_the_ca_file() {
     // subjectAltName, CA:TRUE. Pinned through the CA file, it is trusted as itself.
     let model = model();
     let dir = tempdir("auth-seedcert");
-    let out = std::process::Command::new("python3")
-        .arg(fixtures().join("auth_service.py"))
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(fixtures().join("auth_service.py"))
         .args(["make-cert", "--style", "seed", "--out"])
-        .arg(dir.join("certs"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(dir.join("certs"));
+    succeed(cmd);
     let cert = dir.join("certs/trusted.crt");
     let key = dir.join("certs/server.key");
     let a = AuthService::start_https("seedcert", &cert, &key);

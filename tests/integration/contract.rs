@@ -223,21 +223,15 @@ pub fn browser(spec: &Value) -> Vec<Value> {
         browser_dir.join("node_modules/playwright-core").is_dir(),
         "tests/browser has no npm packages: run scripts/setup.sh (it installs them and Chromium)"
     );
-    let out = std::process::Command::new("node")
-        .arg(browser_dir.join("viewer.mjs"))
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(browser_dir.join("viewer.mjs"))
         .arg(&spec_file)
-        .current_dir(&browser_dir)
-        .output()
-        .expect("node (scripts/setup.sh installs Node.js packages and Chromium)");
-    assert!(
-        out.status.success(),
-        "viewer.mjs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        .current_dir(&browser_dir);
+    let stdout = succeed(cmd);
+    serde_json::from_slice(&stdout).unwrap_or_else(|_| {
         panic!(
             "viewer.mjs printed no JSON: {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&stdout)
         )
     })
 }

@@ -601,18 +601,12 @@ fn unknown_models_share_one_metrics_label() {
 }
 
 fn make_cert(dir: &std::path::Path, days: i32) {
-    let out = Command::new("python3")
-        .arg(fixtures().join("auth_service.py"))
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixtures().join("auth_service.py"))
         .args(["make-cert", "--out"])
         .arg(dir)
-        .args(["--days", &days.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["--days", &days.to_string()]);
+    succeed(cmd);
 }
 
 fn body_json(agent: &ureq::Agent, url: &str) -> Value {

@@ -51,15 +51,9 @@ fn keypair(dir: &Path, name: &str, bits: u32) -> Keypair {
     let public = dir.join(format!("{name}_pub.pem"));
     let der = dir.join(format!("{name}_priv.der"));
     let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = Command::new("openssl");
+        cmd.args(args);
+        succeed(cmd);
     };
     let p = private.to_str().unwrap();
     run(&["genrsa", "-out", p, &bits.to_string()]);
@@ -787,23 +781,17 @@ fn bad_key_files_are_explained_and_stop_the_start() {
     assert!(err.contains("private key"), "{err}");
     let good = keypair(&dir, "good", 2048);
     std::fs::write(&keys, "").unwrap();
-    let out = Command::new(proxy_bin())
-        .args(["check-config", "--config"])
+    let mut cmd = Command::new(proxy_bin());
+    cmd.args(["check-config", "--config"])
         .arg(dir.join("config"))
         .args([
             "--jwt-public-key",
             good.public.to_str().unwrap(),
             "--api-keys",
             keys.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 JWT public key(s), 0 API key(s)"));
+        ]);
+    let stdout = succeed(cmd);
+    assert!(String::from_utf8_lossy(&stdout).contains("1 JWT public key(s), 0 API key(s)"));
 
     // serve: a mode without its key refuses to start; none on 0.0.0.0 warns.
     let serve = |args: &[&str]| {

@@ -19,14 +19,6 @@ impl Drop for Running {
     }
 }
 
-/// Runs `cmd` to its end; its stdout, or a panic with its stderr.
-fn succeed(mut cmd: Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed: {err}");
-    out.stdout
-}
-
 /// `gen_study.py` at full CT size: one study of one series of `slices` 512x512 slices.
 fn big_series(dir: &Path, slices: usize, seed: u32) -> (String, String) {
     let mut gen = Command::new("python3");

@@ -113,6 +113,20 @@ pub fn tempdir(name: &str) -> PathBuf {
     d
 }
 
+/// Runs `cmd` to its end: its stdout, or a panic with what it printed.
+pub fn succeed(mut cmd: Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh installs what the tests run)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn python(args: &[&str]) -> Command {
     let mut c = Command::new("python3");
     c.args(args);
@@ -121,7 +135,7 @@ fn python(args: &[&str]) -> Command {
 
 pub fn generate(dir: &Path, series: usize, slices: usize, seed: u32) -> Study {
     let script = fixtures().join("gen_study.py");
-    let out = python(&[
+    let manifest = succeed(python(&[
         script.to_str().unwrap(),
         "--out",
         dir.to_str().unwrap(),
@@ -133,15 +147,8 @@ pub fn generate(dir: &Path, series: usize, slices: usize, seed: u32) -> Study {
         "64",
         "--seed",
         &seed.to_string(),
-    ])
-    .output()
-    .expect("run gen_study.py (is python3 with pydicom installed? run scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "gen_study.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("manifest");
+    ]));
+    let v: Value = serde_json::from_slice(&manifest).expect("manifest");
     let s = &v["studies"][0];
     Study {
         uid: s["study"].as_str().unwrap().to_string(),
@@ -218,13 +225,7 @@ fn start_orthanc(dir: &Path, port: u16, basic: Option<&str>, data: &Path) -> Str
         up.args(["--basic-auth", b]);
     }
     up.arg(data);
-    let out = up.output().expect("upload");
-    assert!(
-        out.status.success(),
-        "upload failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(up);
     format!("{url}/dicom-web")
 }
 
@@ -651,15 +652,9 @@ impl Drop for Proxy {
 /// `zhiva.crt`, `zhiva.key` and `trusted.crt` in `dir`.
 pub fn make_cert(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-cert.sh");
-    let out = Command::new(script)
-        .arg(dir)
-        .output()
-        .expect("make-cert.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new(script);
+    cmd.arg(dir);
+    succeed(cmd);
 }
 
 /// A fresh temp dir whose `config/` holds `servers` and `models`.
