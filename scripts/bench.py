@@ -503,14 +503,19 @@ class Bench:
             f"{big['payload_bytes'] / MB:.1f} MB), 600 x 512² ({huge['dicom_bytes'] / MB:.1f} MB), "
             f"20 x 128² ({self.series['small']['dicom_bytes'] / 1e3:.0f} kB); payload files in {time.time() - t0:.1f} s")
 
+    def serve_proxy(self, name, port, extra=()):
+        """model-proxy on `port` with the bench's config and a state dir of its own, on
+        its defaults (no ZHIVA_ variables) but `extra`; returns once /healthz answers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZHIVA_")}
+        p = self.spawn(name, [self.a.bin, "serve", "--no-tls", "--listen", f"127.0.0.1:{port}",
+                              "--config", os.path.join(self.work, "config"),
+                              "--state-dir", os.path.join(self.work, f"state-{name}"), *extra], env=env)
+        wait_http(f"http://127.0.0.1:{port}/healthz", name, proc=p)
+        return p
+
     def start_proxy(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ZHIVA_")}  # defaults only
-        p = self.spawn("proxy", [self.a.bin, "serve", "--no-tls", "--listen", f"127.0.0.1:{self.proxy_port}",
-                                 "--config", os.path.join(self.work, "config"),
-                                 "--state-dir", os.path.join(self.work, "state"),
-                                 # The cache off: every phase but phase_cache measures a real inference.
-                                 "--cache-size", "0"], env=env)
-        wait_http(f"http://127.0.0.1:{self.proxy_port}/healthz", "model-proxy", proc=p)
+        # The cache off: every phase but phase_cache measures a real inference.
+        p = self.serve_proxy("proxy", self.proxy_port, ["--cache-size", "0"])
         self.pid["proxy"] = p.pid
         exe = os.path.realpath(f"/proc/{p.pid}/exe")
         if os.path.realpath(self.a.bin) != exe:
@@ -575,7 +580,7 @@ class Bench:
         a = self.a
         big = self.series["big"]
         log(f"\n== payload modes, 300 and 600 slices: {a.reps} interleaved repetitions, medians")
-        state = os.path.join(self.work, "state")
+        state = os.path.join(self.work, "state-proxy")  # the proxy's, where it spools
         # Warm-up: Orthanc's files into the page cache, every worker thread once.
         self.pacs("big")
         self.pacs("huge")
@@ -760,11 +765,7 @@ class Bench:
         not (a hit); medians, and the hit's body checked byte for byte against the miss's."""
         reps = max(3, self.a.reps)
         port = free_ports(1)[0]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ZHIVA_")}
-        p = self.spawn("proxy-cache", [self.a.bin, "serve", "--no-tls", "--listen", f"127.0.0.1:{port}",
-                                       "--config", os.path.join(self.work, "config"),
-                                       "--state-dir", os.path.join(self.work, "state-cache")], env=env)
-        wait_http(f"http://127.0.0.1:{port}/healthz", "model-proxy with the cache", proc=p)
+        p = self.serve_proxy("proxy-cache", port)
         url = f"http://127.0.0.1:{port}{self.proxy_path('big', ZHIVA)}"
         log(f"\n== cache: the 300-slice series through a proxy with the cache on, {reps} misses (no-cache) and hits")
         miss_out, hit_out = (os.path.join(self.work, f"cache-{k}.json") for k in ("miss", "hit"))
