@@ -130,14 +130,14 @@ impl ProxyError {
         self.code.status()
     }
 
-    /// 503: a request that comes in after SIGTERM.
+    /// 503: a request that comes in after SIGTERM. (Its connection is closed by
+    /// the front, which does so for every answer while draining.)
     pub fn shutting_down() -> Self {
         Self::new(
             Code::ShuttingDown,
             "the proxy is shutting down; retry on another instance",
         )
         .with_header("Retry-After", "5")
-        .with_header("Connection", "close")
     }
 
     /// 500: a bug or an environment problem of the proxy itself.

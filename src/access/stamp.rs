@@ -11,8 +11,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-/// The header's name.
-pub const HEADER: &str = "X-Model-Proxy-Client";
+/// The header's name (lower case, as the front's list of fields it drops has it).
+pub const HEADER: &str = "x-model-proxy-client";
 
 /// This process's secret (32 hex digits); `None` if the system has no randomness to give.
 fn secret() -> Option<&'static str> {

@@ -135,11 +135,6 @@ impl<'a, W: Wire> Conn<'a, W> {
         };
         let mut unix = match UnixStream::connect(&self.door.backend) {
             Ok(u) => u,
-            // After SIGTERM the handler stops once the last inference is out,
-            // while this connection may still be read: a 503 sends it elsewhere.
-            Err(_) if self.door.shared.draining() => {
-                return Err(refusal(ProxyError::shutting_down(), seen));
-            }
             Err(e) => {
                 log::error!("cannot reach the request handler's socket: {e}");
                 let e = ProxyError::internal(

@@ -78,7 +78,7 @@ const HOP_BY_HOP: &[&str] = &[
     "expect",
     RELAY_HEADER,
     // The client's address is the front's to say (see access::stamp).
-    "x-model-proxy-client",
+    crate::access::HEADER,
 ];
 
 /// The header by which the front tells the server which exchange a request is
@@ -732,7 +732,7 @@ mod tests {
         let fwd = String::from_utf8(h.to_backend(0, 9, Some("s 10.0.0.1"))).unwrap();
         assert_eq!(
             fwd,
-            "GET / HTTP/1.1\r\nHost: a\r\nx-model-proxy-relay: 9\r\nX-Model-Proxy-Client: s 10.0.0.1\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: a\r\nx-model-proxy-relay: 9\r\nx-model-proxy-client: s 10.0.0.1\r\n\r\n"
         );
         let (h, _) = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive && h.minor == 0);
